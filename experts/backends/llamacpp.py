@@ -1,0 +1,40 @@
+"""llama.cpp expert: one ``llama_cpp.server`` subprocess per expert on a loopback port."""
+
+from __future__ import annotations
+
+import sys
+
+from experts.backends.process import ProcessBackend
+from experts.model_files import resolve_gguf
+
+
+class LlamaCppBackend(ProcessBackend):
+    ready_path = "/v1/models"
+
+    @property
+    def configured_port(self) -> int:
+        return self.config.llamacpp.port
+
+    @property
+    def startup_timeout_s(self) -> float:
+        return self.config.llamacpp.startup_timeout_s
+
+    @property
+    def model_id(self) -> str:
+        return self.config.name  # served under the expert's name (--model_alias)
+
+    def command(self, port: int) -> list[str]:
+        opts = self.config.llamacpp
+        model = resolve_gguf(self.config.model, data_dir=self.data_dir, model_path=opts.model_path)
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(model),
+            "--model_alias", self.config.name,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--n_threads", str(opts.n_threads),  # llama.cpp defaults to 1 thread here
+            "--n_ctx", str(opts.n_ctx),
+        ]
+        if opts.chat_format:
+            cmd += ["--chat_format", opts.chat_format]
+        return cmd + list(opts.extra_args)

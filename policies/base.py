@@ -1,0 +1,159 @@
+"""The policy contract shared by every query-level routing policy.
+
+scikit-learn rules: the constructor stores hyperparameters only, ``fit`` returns ``self``,
+learned state ends in ``_``, ``get_params``/``set_params``/``clone`` work. A policy predicts a
+quality per (query, expert) and, where it learns one, a cost; the base class turns predictions
+into a decision with the one knob every policy shares:
+
+    utility[e] = quality[e] − λ · cost_usd[e]      (λ: quality points one is willing to pay 1 USD for)
+
+under constraints (allowed experts, max cost, max parameters, health). Every decision keeps the
+per-candidate utilities and the probability with which each candidate would have been chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from router.errors import NoCandidateError, PolicyError
+from router.types import Decision, ExpertInfo, RouteRequest
+
+
+class Policy(ABC):
+    """Base class for query-level policies."""
+
+    name: ClassVar[str] = "policy"
+    version: ClassVar[str] = "builtin"
+    # Policies whose rule ignores the λ knob (e.g. `cheapest`) pin it here.
+    fixed_lambda: ClassVar[float | None] = None
+
+    # ---- scikit-learn style parameter handling -------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind is not p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in self._param_names()}
+
+    def set_params(self, **params: Any) -> Policy:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise PolicyError(f"policy {self.name!r} has no parameter {key!r}; valid: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> Policy:
+        return type(self)(**copy.deepcopy(self.get_params()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ---- learning -----------------------------------------------------------------------------
+    def fit(self, train: Any = None, *, experts: Sequence[ExpertInfo]) -> Policy:
+        """Learn from training data (if the policy learns) over the given experts."""
+        self.experts_ = list(experts)
+        if not self.experts_:
+            raise PolicyError(f"policy {self.name!r} needs at least one expert")
+        self._fit(train)
+        return self
+
+    def _fit(self, train: Any) -> None:  # noqa: B027 - optional hook
+        """Override to learn from ``train``; simple policies only use ``experts_``."""
+
+    @property
+    def expert_names(self) -> list[str]:
+        self._check_fitted()
+        return [e.name for e in self.experts_]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "experts_"):
+            raise PolicyError(f"policy {self.name!r} is not fitted; call fit() first")
+
+    # ---- prediction ---------------------------------------------------------------------------
+    @abstractmethod
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        """Predicted quality, shape (n_prompts, n_experts), columns in ``experts_`` order."""
+
+    def predict_cost(self, prompt_tokens: Sequence[int], completion_tokens: Sequence[int]) -> np.ndarray:
+        """Expected cost in USD from the experts' prices, shape (n, n_experts)."""
+        self._check_fitted()
+        p_in = np.array([e.input_usd_per_mtok for e in self.experts_]) / 1e6
+        p_out = np.array([e.output_usd_per_mtok for e in self.experts_]) / 1e6
+        return np.outer(prompt_tokens, p_in) + np.outer(completion_tokens, p_out)
+
+    def propensities(self, utility: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+        """Probability of choosing each candidate; deterministic argmax by default."""
+        probs = np.zeros_like(utility)
+        masked = np.where(feasible, utility, -np.inf)
+        probs[int(np.argmax(masked))] = 1.0
+        return probs
+
+    def choose(self, utility: np.ndarray, probs: np.ndarray, feasible: np.ndarray) -> int:
+        """Pick one candidate given the propensities; argmax by default."""
+        return int(np.argmax(np.where(feasible, utility, -np.inf)))
+
+    # ---- the decision rule ------------------------------------------------------------------
+    def decide(
+        self, request: RouteRequest, *, lambda_: float = 0.0, unavailable: frozenset[str] = frozenset()
+    ) -> Decision:
+        """Route one request: utility = quality − λ·cost, constraints, ranking, propensities."""
+        self._check_fitted()
+        opts = request.options
+        lam = self.fixed_lambda if self.fixed_lambda is not None else (opts.lambda_ if opts.lambda_ is not None else lambda_)
+        quality = np.asarray(self.predict_quality([request.prompt]), dtype=float)[0]
+        cost = self.predict_cost([request.prompt_tokens], [request.max_completion_tokens])[0]
+        utility = quality - lam * cost
+        feasible = self._feasible(request, cost, unavailable)
+        if not feasible.any():
+            raise NoCandidateError(self._why_infeasible(request, unavailable))
+        probs = self.propensities(utility, feasible)
+        chosen = self.choose(utility, probs, feasible)
+        order = sorted(np.flatnonzero(feasible), key=lambda i: (i != chosen, -utility[i]))
+        names = self.expert_names
+        return Decision(
+            expert=names[chosen],
+            policy=self.name,
+            policy_version=self.version,
+            scores={n: round(float(u), 9) for n, u, ok in zip(names, utility, feasible) if ok},
+            propensities={n: float(p) for n, p, ok in zip(names, probs, feasible) if ok},
+            ranking=[names[i] for i in order],
+            reason=f"argmax quality − λ·cost with λ={lam:g}",
+        )
+
+    def _feasible(self, request: RouteRequest, cost: np.ndarray, unavailable: frozenset[str]) -> np.ndarray:
+        opts = request.options
+        allowed = set(opts.allowed_experts) if opts.allowed_experts else None
+        ok = []
+        for expert, c in zip(self.experts_, cost):
+            ok.append(
+                expert.name not in unavailable
+                and (allowed is None or expert.name in allowed)
+                and (opts.max_cost_usd is None or c <= opts.max_cost_usd)
+                and (opts.max_params_b is None or expert.params_b is None or expert.params_b <= opts.max_params_b)
+                and request.prompt_tokens + request.max_completion_tokens <= expert.context_window
+            )
+        return np.array(ok, dtype=bool)
+
+    def _why_infeasible(self, request: RouteRequest, unavailable: frozenset[str]) -> str:
+        opts = request.options
+        parts = []
+        if opts.allowed_experts:
+            unknown = sorted(set(opts.allowed_experts) - set(self.expert_names))
+            parts.append(f"allowed_experts={opts.allowed_experts}" + (f" (unknown: {unknown})" if unknown else ""))
+        if opts.max_cost_usd is not None:
+            parts.append(f"max_cost_usd={opts.max_cost_usd:g}")
+        if opts.max_params_b is not None:
+            parts.append(f"max_params_b={opts.max_params_b:g}")
+        if unavailable:
+            parts.append(f"unavailable experts: {sorted(unavailable)}")
+        parts.append(f"prompt+max_tokens={request.prompt_tokens + request.max_completion_tokens} tokens")
+        return "no expert satisfies the routing constraints: " + ", ".join(parts)

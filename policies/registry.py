@@ -1,0 +1,43 @@
+"""Name → policy class, imported lazily so unused policies cost nothing at start-up."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from router.errors import PolicyError
+
+# name -> "module:Class". Add a policy by adding a line; the module is imported on first use.
+_POLICIES: dict[str, str] = {
+    "fixed": "policies.simple:FixedPolicy",
+    "random": "policies.simple:RandomPolicy",
+    "cheapest": "policies.simple:CheapestPolicy",
+    "strongest": "policies.simple:StrongestPolicy",
+    "prior": "policies.simple:PriorPolicy",
+}
+
+
+def available_policies() -> list[str]:
+    return sorted(_POLICIES)
+
+
+def register_policy(name: str, target: str) -> None:
+    """Register an extra policy as ``"module:Class"`` (plugins, tests)."""
+    _POLICIES[name] = target
+
+
+def get_policy_class(name: str) -> type:
+    try:
+        target = _POLICIES[name]
+    except KeyError:
+        raise PolicyError(f"unknown policy {name!r}; available: {', '.join(available_policies())}") from None
+    module_name, _, cls_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def create_policy(name: str, **params: Any):
+    cls = get_policy_class(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise PolicyError(f"bad parameters for policy {name!r}: {exc}") from exc

@@ -1,0 +1,89 @@
+"""Policies that need no training data: they read the experts' configured prices and priors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from policies.base import Policy
+from router.errors import PolicyError
+
+
+class FixedPolicy(Policy):
+    """Always the configured expert (others stay in the ranking as fallbacks)."""
+
+    name = "fixed"
+    fixed_lambda = 0.0
+
+    def __init__(self, expert: str | None = None) -> None:
+        self.expert = expert
+
+    def _fit(self, train) -> None:
+        if self.expert is None:
+            raise PolicyError("policy 'fixed' needs the parameter 'expert'")
+        if self.expert not in self.expert_names:
+            raise PolicyError(f"policy 'fixed': unknown expert {self.expert!r}; known: {self.expert_names}")
+
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        row = np.array([1.0 if n == self.expert else 0.0 for n in self.expert_names])
+        return np.tile(row, (len(prompts), 1))
+
+
+
+class RandomPolicy(Policy):
+    """Uniform choice among feasible experts; propensity 1/k each (the exploration baseline)."""
+
+    name = "random"
+
+    def __init__(self, random_state: int | None = None) -> None:
+        self.random_state = random_state
+
+    def _fit(self, train) -> None:
+        self.rng_ = np.random.default_rng(self.random_state)
+
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(prompts), len(self.experts_)))
+
+    def propensities(self, utility, feasible):
+        return feasible / feasible.sum()
+
+    def choose(self, utility, probs, feasible):
+        return int(self.rng_.choice(len(probs), p=probs))
+
+
+class CheapestPolicy(Policy):
+    """The lowest expected cost for this request (ties: the earlier expert in config)."""
+
+    name = "cheapest"
+    fixed_lambda = 1.0  # utility = −cost: only the cost ordering matters
+
+    def __init__(self) -> None:
+        pass
+
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(prompts), len(self.experts_)))
+
+
+class PriorPolicy(Policy):
+    """Configured prior quality per expert, traded against expected cost with λ.
+
+    The embedded default: with λ = 0 it is ``strongest``; a larger λ moves long prompts (which
+    cost more) to cheaper experts.
+    """
+
+    name = "prior"
+
+    def __init__(self, default_quality: float = 0.5) -> None:
+        self.default_quality = default_quality
+
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        row = np.array([e.prior_quality if e.prior_quality is not None else self.default_quality for e in self.experts_])
+        return np.tile(row, (len(prompts), 1))
+
+
+class StrongestPolicy(PriorPolicy):
+    """The highest configured prior quality, cost ignored."""
+
+    name = "strongest"
+    fixed_lambda = 0.0

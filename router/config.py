@@ -1,0 +1,108 @@
+"""The YAML configuration file: which experts exist and which policy is active.
+
+Validated with pydantic so a typo fails at start-up with the field's path in the message.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from router.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LlamaCppOptions(_Strict):
+    """Arguments for one ``llama_cpp.server`` subprocess."""
+
+    model_path: str | None = None  # default: resolved from the expert's ``model`` (a packaged GGUF)
+    n_threads: int = 2
+    n_ctx: int = 2048
+    chat_format: str | None = None
+    port: int = 0  # 0 = a free loopback port
+    startup_timeout_s: float = 120.0
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class VllmOptions(_Strict):
+    """Arguments for one vLLM OpenAI server (``python -m vllm.entrypoints.openai.api_server``)."""
+
+    python: str | None = None  # interpreter of the virtualenv that has vLLM; default: <venv>/bin/python
+    venv: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int = 1
+    cuda_visible_devices: str | None = None  # GPU placement, e.g. "0,1"
+    served_model_name: str | None = None
+    port: int = 0
+    startup_timeout_s: float = 600.0
+    env: dict[str, str] = Field(default_factory=dict)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class ExpertConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+    backend: Literal["llamacpp", "vllm", "remote"]
+    model: str
+    endpoint: str | None = None  # base URL (…/v1) of an already running OpenAI-compatible server
+    api_key_env: str | None = None  # environment variable holding the key (remote experts)
+    input_usd_per_mtok: float = Field(0.0, ge=0)
+    output_usd_per_mtok: float = Field(0.0, ge=0)
+    params_b: float | None = Field(None, gt=0)
+    context_window: int = Field(2048, gt=0)
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(60.0, gt=0)
+    prior_quality: float | None = None  # used by the `strongest` and `prior` policies
+    release_date: date | None = None
+    chat: bool = True  # False: a base model, prompted through a plain text template
+    llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
+
+
+class PolicyConfig(_Strict):
+    active: str = "prior"
+    lambda_: float = Field(0.0, alias="lambda", ge=0)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy hyperparameters
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AppConfig(_Strict):
+    experts: list[ExpertConfig]
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
+        names = [e.name for e in experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"expert names must be unique, repeated: {', '.join(dupes)}")
+        if not experts:
+            raise ValueError("at least one expert is required")
+        return experts
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read and validate the YAML config; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"config file {path} is invalid: {problems}") from exc

@@ -1,0 +1,97 @@
+"""The one exception tree of expertmux.
+
+Every error a user can meet is an ``ExpertmuxError`` carrying its HTTP status, OpenAI error
+``type`` and ``code``. ``api/errors.py`` is the only place that turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class ExpertmuxError(Exception):
+    """Base class. ``status`` and ``error_type`` follow the OpenAI error object."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+# --- client mistakes (4xx) -------------------------------------------------------------------
+class InvalidRequestError(ExpertmuxError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PromptTooLongError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(ExpertmuxError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(ExpertmuxError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class NoCandidateError(ExpertmuxError):
+    """The routing constraints leave no expert to choose from."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "no_candidate_expert"
+
+
+# --- upstream / service failures (5xx) ---------------------------------------------------------
+class ExpertError(ExpertmuxError):
+    """An expert failed to answer (connection refused, timeout, 5xx)."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "expert_unavailable"
+
+    def __init__(self, message: str, *, expert: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.expert = expert
+
+
+class ExpertTimeoutError(ExpertError):
+    status = 504
+    code = "expert_timeout"
+
+
+class ExpertRateLimitedError(ExpertError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "expert_rate_limited"
+
+
+class ConfigError(ExpertmuxError):
+    """Bad configuration file or settings; raised at start-up, never per request."""
+
+    code = "config_error"
+
+
+class PolicyError(ExpertmuxError):
+    code = "policy_error"
+
+
+class BackendError(ExpertmuxError):
+    """A local backend (llama.cpp, vLLM) failed to start or stop."""
+
+    code = "backend_error"

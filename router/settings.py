@@ -1,0 +1,50 @@
+"""The one Settings object (environment prefix ``EXPERTMUX_``).
+
+Only this module reads the environment; everything else receives values.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from router.config import AppConfig, load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPERTMUX_", env_file=None, extra="ignore")
+
+    config: Path = Field(PROJECT_ROOT / "config" / "expertmux.yaml", description="YAML file listing experts and the active policy")
+    data_dir: Path = Field(PROJECT_ROOT / "var", description="runtime state: SQLite ledger, expert state, caches")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prompt_storage: Literal["full", "hash", "none"] = "full"
+    max_prompt_chars: int = Field(32_000, gt=0, description="longer prompts are rejected with 400")
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    default_max_tokens: int = Field(256, gt=0, description="used for cost estimates when a request sets no max_tokens")
+    ledger_batch_size: int = Field(256, gt=0)
+    ledger_flush_interval_s: float = Field(0.05, gt=0)
+    autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'expertmux.db').resolve()}"
+
+    @cached_property
+    def app_config(self) -> AppConfig:
+        return load_config(self.config)
+
+    def secret(self, env_var: str | None) -> str | None:
+        """Secrets named in the config (e.g. a remote expert's API key) are read here, once."""
+        return os.environ.get(env_var) if env_var else None

@@ -1,0 +1,75 @@
+"""Plain data types shared by the service, the policies and the experts.
+
+Kept free of heavy imports so policies and experts can depend on them cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertInfo:
+    """What a policy may know about an expert (from config, plus live health)."""
+
+    name: str
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    params_b: float | None = None
+    context_window: int = 4096
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    prior_quality: float | None = None
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
+
+
+@dataclass(slots=True)
+class RoutingOptions:
+    """Per-request routing options, sent by clients in the extra body field ``expertmux``."""
+
+    lambda_: float | None = None  # willingness to pay; None = the policy's default
+    max_cost_usd: float | None = None
+    allowed_experts: list[str] | None = None
+    max_params_b: float | None = None
+
+
+@dataclass(slots=True)
+class RouteRequest:
+    """One request as the policy sees it: the prompt text and its size, never labels."""
+
+    prompt: str
+    prompt_tokens: int
+    max_completion_tokens: int
+    options: RoutingOptions = field(default_factory=RoutingOptions)
+
+
+@dataclass(slots=True)
+class Decision:
+    """A routing decision with everything needed to audit and evaluate it later.
+
+    ``scores`` are the per-candidate utilities the policy compared; ``propensities`` the
+    probability with which each candidate would have been chosen (for off-policy evaluation);
+    ``ranking`` the candidates in preference order (the fallback chain).
+    """
+
+    expert: str
+    policy: str
+    policy_version: str
+    scores: dict[str, float]
+    propensities: dict[str, float]
+    ranking: list[str]
+    reason: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert,
+            "policy": self.policy,
+            "policy_version": self.policy_version,
+            "scores": self.scores,
+            "propensities": self.propensities,
+            "ranking": self.ranking,
+            "reason": self.reason,
+        }
