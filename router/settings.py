@@ -30,9 +30,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(32_000, gt=0, description="longer prompts are rejected with 400")
     max_body_bytes: int = Field(1_000_000, gt=0)
     default_max_tokens: int = Field(256, gt=0, description="used for cost estimates when a request sets no max_tokens")
+    max_attempts: int = Field(3, ge=1, description="experts tried per request (fallback before the first byte)")
     ledger_batch_size: int = Field(256, gt=0)
-    ledger_flush_interval_s: float = Field(0.05, gt=0)
     autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
+    auto_migrate: bool = Field(True, description="apply ledger migrations when the proxy starts")
     log_level: str = "info"
 
     @property

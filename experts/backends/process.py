@@ -12,10 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from experts.backends.base import Backend
 from router.config import ExpertConfig
 from router.errors import BackendError
-
-from experts.backends.base import Backend
 
 
 def free_port() -> int:
@@ -87,11 +86,11 @@ class ProcessBackend(Backend):
 
     def adopt(self, api_base: str, pid: int | None) -> bool:
         port = int(api_base.rsplit(":", 1)[1].split("/")[0])
+        if not pid_alive(pid):
+            return False
+        # Keep the pid even when unhealthy, so stop() can still end a hung server.
         self._port, self._pid = port, pid
-        if pid_alive(pid) and self.health():
-            return True
-        self._port = self._pid = None
-        return False
+        return self.health()
 
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

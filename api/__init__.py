@@ -1,0 +1,1 @@
+"""HTTP layer: the FastAPI app factory (composition root), OpenAI-compatible and operations routes."""

@@ -1,0 +1,75 @@
+"""The composition root: builds settings → experts → policies → ledger → service, and the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes_openai import router as openai_router
+from api.routes_ops import router as ops_router
+from experts import client
+from experts.registry import ExpertRegistry
+from router.ledger.db import make_engine
+from router.ledger.repository import sync_experts
+from router.ledger.writer import LedgerWriter
+from router.metrics import Metrics
+from router.policy_set import PolicySet
+from router.service import RoutingService
+from router.settings import Settings
+
+log = logging.getLogger("expertmux")
+
+
+def build_service(settings: Settings) -> RoutingService:
+    """Everything the routes need, wired from one Settings object (no experts started yet)."""
+    cfg = settings.app_config
+    secrets = {e.name: settings.secret(e.api_key_env) for e in cfg.experts}
+    experts = ExpertRegistry(cfg.experts, data_dir=settings.data_dir, secrets=secrets)
+    policies = PolicySet(cfg.policy, experts.infos())
+    engine = make_engine(settings.resolved_database_url)
+    ledger = LedgerWriter(engine, batch_size=settings.ledger_batch_size)
+    return RoutingService(settings=settings, experts=experts, policies=policies, ledger=ledger, metrics=Metrics())
+
+
+def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
+    """``on_ready`` is called once the experts are up and the app is about to serve."""
+    settings = settings or Settings()
+    service = build_service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.auto_migrate:
+            from router.ledger.migrate import upgrade
+
+            await asyncio.to_thread(upgrade, settings.resolved_database_url)
+        await asyncio.to_thread(sync_experts, service.ledger.engine, experts=settings.app_config.experts)
+        service.ledger.start()
+        if settings.autostart_experts:
+            started = await asyncio.to_thread(service.experts.start_local)
+            for name, status in started.items():
+                log.info("expert %s: %s", name, status)
+        await asyncio.to_thread(client.warm_up)
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            # Drain the ledger before anything else goes away: nothing is lost on shutdown.
+            await asyncio.to_thread(service.ledger.close)
+            await asyncio.to_thread(service.experts.stop_local)
+            service.ledger.engine.dispose()
+
+    app = FastAPI(title="expertmux", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible multi-LLM router")
+    app.state.settings = settings
+    app.state.service = service
+    app.state.started_at = int(time.time())
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(ops_router)
+    return app

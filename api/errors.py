@@ -1,0 +1,49 @@
+"""The one place where errors become HTTP responses, always in the OpenAI error format."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.responses import json_response
+from router.errors import ExpertmuxError
+
+log = logging.getLogger("expertmux.api")
+
+
+def error_body(message: str, *, error_type: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ExpertmuxError)
+    async def _expertmux(request: Request, exc: ExpertmuxError):
+        return json_response(error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
+                              status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if p != "body")
+        return json_response(error_body(f"invalid value for '{loc}': {first['msg']}", error_type="invalid_request_error",
+                                         code="invalid_request", param=loc or None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return json_response(error_body(message, error_type="invalid_request_error", code=str(exc.status_code)),
+                              status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_response(error_body("internal error; see the server log", error_type="server_error", code="internal_error"),
+                              status_code=500)

@@ -1,0 +1,58 @@
+"""OpenAI-compatible routes. Thin: read the service from ``app.state``, call it, shape the response."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from api.responses import json_response
+from router.errors import InvalidRequestError
+
+router = APIRouter()
+
+_CHAT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "required": ["model", "messages"], "properties": {
+            "model": {"type": "string", "description": "expertmux/auto, expertmux/<policy> or an expert name"},
+            "messages": {"type": "array", "items": {"type": "object"}},
+            "stream": {"type": "boolean"},
+            "max_tokens": {"type": "integer"},
+            "expertmux": {"type": "object", "description": "routing options: lambda, max_cost_usd, allowed_experts, max_params_b"},
+        }}}},
+    }
+}
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() or None if auth.lower().startswith("bearer ") else None
+
+
+async def _read_body(request: Request) -> bytes:
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidRequestError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise InvalidRequestError(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    return body
+
+
+@router.post("/v1/chat/completions", openapi_extra=_CHAT_SCHEMA)
+async def chat_completions(request: Request):
+    service = request.app.state.service
+    outcome = await service.chat(await _read_body(request), api_key=_bearer(request))
+    if outcome.stream is not None:
+        return StreamingResponse(outcome.stream, media_type="text/event-stream",
+                                 headers={**outcome.headers, "cache-control": "no-cache"})
+    return json_response(outcome.body, headers=outcome.headers)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    created = request.app.state.started_at
+    data = [{"id": m, "object": "model", "created": created, "owned_by": "expertmux"}
+            for m in request.app.state.service.model_ids()]
+    return json_response({"object": "list", "data": data})

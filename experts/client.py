@@ -1,0 +1,109 @@
+"""Every expert call goes through litellm (async, streaming), with the expert's timeout.
+
+litellm is imported on first use, not at ``import experts``: the proxy must start fast and the
+CLI must not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from experts.registry import Expert
+from router.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
+
+_litellm = None
+
+
+def _lib():
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        litellm.drop_params = True  # experts differ in what they accept; drop what one does not
+        _litellm = litellm
+    return _litellm
+
+
+def warm_up() -> None:
+    """Import litellm ahead of the first request (at service start-up)."""
+    _lib()
+
+
+def _call_args(expert: Expert, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
+    backend = expert.backend
+    provider = backend.litellm_provider
+    args: dict[str, Any] = {
+        **payload,
+        "model": f"{provider}/{backend.model_id}" if provider else backend.model_id,
+        "stream": stream,
+        "timeout": expert.config.timeout_s,
+        "num_retries": 0,  # fallbacks are the router's job, not litellm's
+    }
+    if backend.api_base:
+        args["api_base"] = backend.api_base
+        args["api_key"] = backend.api_key
+    elif backend.api_key != "not-needed":
+        args["api_key"] = backend.api_key
+    if stream:
+        args["stream_options"] = {"include_usage": True}
+    return args
+
+
+def map_error(expert: Expert, exc: Exception) -> Exception:
+    """Translate litellm/httpx failures into the expertmux error tree."""
+    lib = _lib()
+    name = expert.name
+    if isinstance(exc, lib.Timeout):
+        return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name)
+    if isinstance(exc, lib.RateLimitError):
+        return ExpertRateLimitedError(f"expert {name!r} is rate limited: {_short(exc)}", expert=name)
+    if isinstance(exc, (lib.ContextWindowExceededError, lib.BadRequestError)) and not isinstance(exc, lib.APIConnectionError):
+        return InvalidRequestError(f"expert {name!r} rejected the request: {_short(exc)}")
+    return ExpertError(f"expert {name!r} failed: {_short(exc)}", expert=name)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).replace("litellm.", "")
+    return text if len(text) < 400 else text[:400] + "…"
+
+
+async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
+    """Non-streaming completion; returns the OpenAI response as a dict."""
+    lib = _lib()
+    try:
+        resp = await lib.acompletion(**_call_args(expert, payload, stream=False))
+    except Exception as exc:
+        raise map_error(expert, exc) from exc
+    return resp.model_dump(exclude_none=True)
+
+
+async def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Streaming completion: yields OpenAI chunk dicts. Errors before the first chunk raise the
+    mapped error (so the caller can fall back); later errors raise it mid-stream."""
+    lib = _lib()
+    try:
+        resp = await lib.acompletion(**_call_args(expert, payload, stream=True))
+    except Exception as exc:
+        raise map_error(expert, exc) from exc
+    try:
+        async for chunk in resp:
+            yield chunk.model_dump(exclude_none=True)
+    except Exception as exc:
+        raise map_error(expert, exc) from exc
+
+
+def count_tokens(expert: Expert, *, messages: list[dict] | None = None, text: str | None = None) -> int:
+    """Token count for when a backend's stream omits usage (litellm's tokenizer for the model)."""
+    lib = _lib()
+    try:
+        if messages is not None:
+            return int(lib.token_counter(model=expert.backend.model_id, messages=messages))
+        return int(lib.token_counter(model=expert.backend.model_id, text=text or ""))
+    except Exception:
+        chars = sum(len(str(m.get("content") or "")) for m in messages or []) if messages is not None else len(text or "")
+        return max(1, chars // 4)

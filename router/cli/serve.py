@@ -1,0 +1,44 @@
+"""``expertmux serve``: the proxy, its local experts and (later) its dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from router.cli import app
+from router.cli.common import console, fail, load_settings
+from router.errors import ExpertmuxError
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: $EXPERTMUX_CONFIG or config/expertmux.yaml)"),
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8080)"),
+    no_experts: bool = typer.Option(False, "--no-experts", help="do not start local experts"),
+) -> None:
+    """Start the OpenAI-compatible router (and its local experts)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = load_settings(config, host=host, port=port, autostart_experts=False if no_experts else None)
+    url = f"http://{settings.host}:{settings.port}"
+
+    def banner() -> None:
+        console.print(f"\n[bold green]expertmux is ready[/] at {url}  (OpenAI base URL: {url}/v1)")
+        console.print(f"experts: {', '.join(application.state.service.experts.names)}   "
+                      f"active policy: {settings.app_config.policy.active}   ledger: {settings.resolved_database_url}")
+        console.print("try:\n"
+                      f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+                      "    -d '{\"model\": \"expertmux/auto\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello\"}]}'\n",
+                      highlight=False, soft_wrap=True)
+
+    try:
+        console.print(f"starting expertmux with {settings.config} …")
+        application = create_app(settings, on_ready=banner)
+    except ExpertmuxError as exc:
+        fail(exc)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=30)

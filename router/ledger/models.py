@@ -1,0 +1,111 @@
+"""SQLAlchemy 2.0 typed models of the ledger. Alembic migrations in ``migrations/`` mirror them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class RequestRow(Base):
+    """Exactly one row per chat request, whatever happened to it."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    requested_model: Mapped[str | None] = mapped_column(String(256))
+    policy: Mapped[str | None] = mapped_column(String(128))
+    policy_version: Mapped[str | None] = mapped_column(String(128))
+    expert: Mapped[str | None] = mapped_column(String(256))
+    decision: Mapped[dict[str, Any] | None]
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None]
+    latency_ms: Mapped[float | None]
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(32))  # ok | error | rejected | client_disconnected
+    http_status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    n_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_requests_created_at", "created_at"),
+        Index("ix_requests_expert_created", "expert", "created_at"),
+        Index("ix_requests_api_key", "api_key_id"),
+    )
+
+
+class AttemptRow(Base):
+    """One row per call to an expert (a request with fallbacks has several)."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int]
+    expert: Mapped[str] = mapped_column(String(256))
+    started_at: Mapped[datetime]
+    ttft_ms: Mapped[float | None]
+    latency_ms: Mapped[float | None]
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime]
+    score: Mapped[float]
+    source: Mapped[str] = mapped_column(String(16))  # user | judge | auto
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class ExpertRow(Base):
+    """The experts as configured, synced at start-up (so ledger rows can be joined to prices)."""
+
+    __tablename__ = "experts"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(512))
+    input_usd_per_mtok: Mapped[float]
+    output_usd_per_mtok: Mapped[float]
+    params_b: Mapped[float | None]
+    context_window: Mapped[int]
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime]
+
+
+class PolicyVersionRow(Base):
+    __tablename__ = "policy_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    artifact_path: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("uq_policy_version", "policy", "version", unique=True),)

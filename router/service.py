@@ -1,0 +1,252 @@
+"""The routing service: select → call → record, for one chat request.
+
+Routes stay thin: they hand the raw body to ``RoutingService.chat`` and shape what it returns.
+Every request — answered, failed, rejected or abandoned by the client — yields exactly one
+ledger row, handed to the batched writer after the response (never on the response path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from experts import client
+from experts.registry import Expert, ExpertRegistry
+from router.errors import ExpertError, ExpertmuxError, ModelNotFoundError, NoCandidateError, PromptTooLongError
+from router.ledger.writer import LedgerWriter
+from router.metrics import Metrics
+from router.policy_set import PolicySet
+from router.protocol import ChatCompletionRequest, parse_chat_request
+from router.settings import Settings
+from router.trace import AttemptTrace, RequestTrace, key_id
+from router.types import Decision, RouteRequest, RoutingOptions
+
+ROUTER_PREFIX = "expertmux/"
+AUTO_MODEL = "expertmux/auto"
+
+
+@dataclass(slots=True)
+class ChatOutcome:
+    """What a route needs to answer: a JSON body or an SSE byte stream, plus headers."""
+
+    request_id: str
+    expert: str
+    policy: str
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-expertmux-request-id": self.request_id, "x-expertmux-expert": self.expert,
+                "x-expertmux-policy": self.policy}
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class RoutingService:
+    def __init__(self, *, settings: Settings, experts: ExpertRegistry, policies: PolicySet,
+                 ledger: LedgerWriter, metrics: Metrics) -> None:
+        self.settings = settings
+        self.experts = experts
+        self.policies = policies
+        self.ledger = ledger
+        self.metrics = metrics
+
+    # -- public ---------------------------------------------------------------------------------
+    def model_ids(self) -> list[str]:
+        """What ``/v1/models`` lists: the router's virtual models, then the experts."""
+        return [AUTO_MODEL] + [ROUTER_PREFIX + p for p in self.policies.names()] + self.experts.names
+
+    async def chat(self, body: bytes, *, api_key: str | None = None) -> ChatOutcome:
+        trace = RequestTrace(id=uuid.uuid4().hex, api_key_id=key_id(api_key))
+        streaming = False
+        try:
+            req = parse_chat_request(body)
+            trace.requested_model, trace.stream = req.model, req.stream
+            prompt = req.prompt_text()
+            trace.set_prompt(prompt, self.settings.prompt_storage)
+            if len(prompt) > self.settings.max_prompt_chars:
+                raise PromptTooLongError(
+                    f"prompt has {len(prompt)} characters; this deployment accepts at most {self.settings.max_prompt_chars}",
+                    param="messages")
+            trace.decision = self._route(req, prompt)
+            payload = req.upstream_payload()
+            if req.stream:
+                stream = await self._open_stream(trace, payload, include_usage=bool((req.stream_options or {}).get("include_usage")))
+                streaming = True
+                return self._outcome(trace, stream=stream)
+            body_out = await self._complete(trace, payload)
+            trace.status, trace.http_status = "ok", 200
+            return self._outcome(trace, body=body_out)
+        except ExpertmuxError as exc:
+            trace.fail(exc, "rejected" if exc.status < 500 and not isinstance(exc, ExpertError) else "error")
+            raise
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            trace.fail(exc, "client_disconnected")
+            raise
+        except Exception as exc:
+            trace.fail(exc, "error")
+            raise
+        finally:
+            if not streaming:
+                self._finish(trace)
+
+    # -- routing --------------------------------------------------------------------------------
+    def _route(self, req: ChatCompletionRequest, prompt: str) -> Decision:
+        model = req.model
+        if model in self.experts:  # a concrete expert: routing bypassed
+            return Decision(expert=model, policy="direct", policy_version="-", scores={}, propensities={model: 1.0},
+                            ranking=[model], reason="expert named in the request")
+        if not model.startswith(ROUTER_PREFIX):
+            raise ModelNotFoundError(
+                f"model {model!r} does not exist; use {AUTO_MODEL!r}, 'expertmux/<policy>' or an expert: "
+                f"{', '.join(self.experts.names)}", param="model")
+        name = self.policies.active_name if model == AUTO_MODEL else model.removeprefix(ROUTER_PREFIX)
+        policy = self.policies.get(name)
+        options = req.expertmux.to_options() if req.expertmux else RoutingOptions()
+        if options.allowed_experts:
+            unknown = [e for e in options.allowed_experts if e not in self.experts]
+            if unknown:
+                raise NoCandidateError(f"expertmux.allowed_experts names unknown experts: {unknown}; "
+                                       f"known: {self.experts.names}")
+        route_req = RouteRequest(prompt=prompt, prompt_tokens=len(prompt) // 4 + 1,
+                                 max_completion_tokens=req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens,
+                                 options=options)
+        t0 = time.perf_counter()
+        decision = policy.decide(route_req, lambda_=self.policies.default_lambda, unavailable=self.experts.unavailable())
+        self.metrics.decision.labels(name).observe(time.perf_counter() - t0)
+        return decision
+
+    def _candidates(self, trace: RequestTrace) -> list[Expert]:
+        ranking = trace.decision.ranking[: self.settings.max_attempts]
+        return [self.experts[n] for n in ranking]
+
+    # -- calling experts ------------------------------------------------------------------------
+    async def _complete(self, trace: RequestTrace, payload: dict[str, Any]) -> dict[str, Any]:
+        """Non-streaming call with fallback to the next candidate on expert failure."""
+        last: ExpertError | None = None
+        for expert in self._candidates(trace):
+            attempt = trace.start_attempt(expert.name)
+            expert.in_flight += 1
+            try:
+                resp = await client.complete(expert, payload)
+            except ExpertError as exc:
+                self._attempt_failed(attempt, exc)
+                last = exc
+                continue
+            except BaseException as exc:
+                self._attempt_failed(attempt, exc)
+                raise
+            finally:
+                expert.in_flight -= 1
+            usage = resp.get("usage") or {}
+            text = "".join((c.get("message") or {}).get("content") or "" for c in resp.get("choices", []))
+            self._attempt_ok(attempt, expert, payload, usage, text)
+            attempt.ttft_ms = attempt.latency_ms
+            return resp
+        raise last or ExpertError("no expert could be called")
+
+    async def _open_stream(self, trace: RequestTrace, payload: dict[str, Any], *, include_usage: bool) -> AsyncIterator[bytes]:
+        """Open a stream; fall back to the next candidate until the first chunk has arrived."""
+        last: ExpertError | None = None
+        for expert in self._candidates(trace):
+            attempt = trace.start_attempt(expert.name)
+            expert.in_flight += 1
+            chunks = client.stream(expert, payload)
+            try:
+                first = await anext(chunks)
+            except (ExpertError, StopAsyncIteration) as exc:
+                expert.in_flight -= 1
+                exc = exc if isinstance(exc, ExpertError) else ExpertError(f"expert {expert.name!r} sent an empty stream",
+                                                                            expert=expert.name)
+                self._attempt_failed(attempt, exc)
+                last = exc
+                continue
+            except BaseException as exc:
+                expert.in_flight -= 1
+                self._attempt_failed(attempt, exc)
+                raise
+            attempt.ttft_ms = (time.perf_counter() - attempt.t0) * 1000
+            return self._relay(trace, expert, attempt, payload, first, chunks, include_usage)
+        raise last or ExpertError("no expert could be called")
+
+    async def _relay(self, trace: RequestTrace, expert: Expert, attempt: AttemptTrace, payload: dict[str, Any],
+                     first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+        usage: dict[str, Any] = {}
+        text: list[str] = []
+        try:
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    text.append((choice.get("delta") or {}).get("content") or "")
+                if chunk.get("choices") or include_usage:
+                    if not include_usage:
+                        chunk.pop("usage", None)
+                    yield _sse(chunk)
+                chunk = await anext(chunks, None)
+            self._attempt_ok(attempt, expert, payload, usage, "".join(text))
+            trace.status, trace.http_status = "ok", 200
+            yield b"data: [DONE]\n\n"
+        except ExpertmuxError as exc:  # failure after the first byte: end the stream with an error event
+            self._attempt_failed(attempt, exc)
+            trace.fail(exc, "error")
+            yield _sse({"error": {"message": exc.message, "type": exc.error_type, "code": exc.code, "param": None}})
+        except BaseException as exc:  # client went away (cancellation / generator close)
+            self._attempt_failed(attempt, exc)
+            trace.fail(exc, "client_disconnected")
+            raise
+        finally:
+            expert.in_flight -= 1
+            await chunks.aclose()
+            self._finish(trace)
+
+    # -- accounting -----------------------------------------------------------------------------
+    def _attempt_ok(self, attempt: AttemptTrace, expert: Expert, payload: dict[str, Any], usage: dict[str, Any], text: str) -> None:
+        attempt.latency_ms = (time.perf_counter() - attempt.t0) * 1000
+        attempt.prompt_tokens = int(usage.get("prompt_tokens") or 0) or client.count_tokens(expert, messages=payload["messages"])
+        attempt.completion_tokens = int(usage.get("completion_tokens") or 0) or (client.count_tokens(expert, text=text) if text else 0)
+        attempt.cost_usd = expert.cost_usd(attempt.prompt_tokens, attempt.completion_tokens)
+        attempt.status = "ok"
+        self.metrics.expert_calls.labels(expert.name, "ok").inc()
+
+    def _attempt_failed(self, attempt: AttemptTrace, exc: BaseException) -> None:
+        attempt.latency_ms = (time.perf_counter() - attempt.t0) * 1000
+        if isinstance(exc, ExpertmuxError):
+            attempt.status, attempt.error = "error", exc.message
+        else:
+            attempt.status, attempt.error = "client_disconnected", type(exc).__name__
+        self.metrics.expert_calls.labels(attempt.expert, attempt.status).inc()
+
+    def _outcome(self, trace: RequestTrace, **kw: Any) -> ChatOutcome:
+        d = trace.decision
+        return ChatOutcome(request_id=trace.id, expert=trace.served_by.expert, policy=d.policy, **kw)
+
+    def _finish(self, trace: RequestTrace) -> None:
+        """Hand the request's rows to the ledger writer, exactly once."""
+        if trace.recorded:
+            return
+        trace.recorded = True
+        if trace.status == "pending":
+            trace.status = "error"
+        record = trace.to_record()
+        self.ledger.submit(record)
+        row = record.request
+        expert = row["expert"] or "-"
+        self.metrics.requests.labels(row["requested_model"] or "-", row["policy"] or "-", expert, row["status"]).inc()
+        if row["status"] == "ok":
+            self.metrics.latency.labels(expert).observe(row["latency_ms"] / 1000)
+            if trace.stream and row["ttft_ms"] is not None:
+                self.metrics.ttft.labels(expert).observe(row["ttft_ms"] / 1000)
+            self.metrics.cost.labels(expert).inc(row["cost_usd"])
+            self.metrics.tokens.labels(expert, "prompt").inc(row["prompt_tokens"])
+            self.metrics.tokens.labels(expert, "completion").inc(row["completion_tokens"])

@@ -1,0 +1,100 @@
+"""What the service learns about one request while serving it, turned into ledger rows."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from router.errors import ExpertmuxError
+from router.ledger.writer import LedgerRecord
+from router.types import Decision
+
+
+def key_id(api_key: str | None) -> str | None:
+    """Keys are never stored; a short hash identifies them in the ledger."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else None
+
+
+@dataclass(slots=True)
+class AttemptTrace:
+    attempt_no: int
+    expert: str
+    started_at: datetime
+    t0: float
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    status: str = "pending"
+    error: str | None = None
+
+    def row(self, request_id: str) -> dict[str, Any]:
+        return {"request_id": request_id, "attempt_no": self.attempt_no, "expert": self.expert,
+                "started_at": self.started_at, "ttft_ms": self.ttft_ms, "latency_ms": self.latency_ms,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cost_usd": self.cost_usd, "status": self.status, "error": self.error}
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    id: str
+    api_key_id: str | None
+    t0: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    requested_model: str | None = None
+    stream: bool = False
+    decision: Decision | None = None
+    prompt_hash: str | None = None
+    prompt_text: str | None = None
+    attempts: list[AttemptTrace] = field(default_factory=list)
+    status: str = "pending"
+    http_status: int | None = None
+    error: str | None = None
+    recorded: bool = False
+
+    def set_prompt(self, prompt: str, storage: str) -> None:
+        self.prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()
+        self.prompt_text = prompt if storage == "full" else None
+
+    def start_attempt(self, expert: str) -> AttemptTrace:
+        attempt = AttemptTrace(attempt_no=len(self.attempts) + 1, expert=expert,
+                               started_at=datetime.now(UTC), t0=time.perf_counter())
+        self.attempts.append(attempt)
+        return attempt
+
+    @property
+    def served_by(self) -> AttemptTrace | None:
+        """The attempt whose answer reached the client (the last successful one)."""
+        ok = [a for a in self.attempts if a.status == "ok"]
+        return ok[-1] if ok else (self.attempts[-1] if self.attempts else None)
+
+    def fail(self, exc: BaseException, status: str) -> None:
+        self.status = status
+        if isinstance(exc, ExpertmuxError):
+            self.http_status, self.error = exc.status, exc.message
+        else:
+            self.http_status, self.error = 500, f"{type(exc).__name__}: {exc}"
+
+    def to_record(self) -> LedgerRecord:
+        elapsed = time.perf_counter() - self.t0
+        served = self.served_by
+        d = self.decision
+        request = {
+            "id": self.id, "created_at": self.created_at, "finished_at": self.created_at + timedelta(seconds=elapsed),
+            "api_key_id": self.api_key_id, "tenant": None, "requested_model": self.requested_model,
+            "policy": d.policy if d else None, "policy_version": d.policy_version if d else None,
+            "expert": served.expert if served else (d.expert if d else None),
+            "decision": d.as_record() if d else None,
+            "prompt_hash": self.prompt_hash, "prompt_text": self.prompt_text,
+            "prompt_tokens": sum(a.prompt_tokens for a in self.attempts),
+            "completion_tokens": sum(a.completion_tokens for a in self.attempts),
+            "cost_usd": sum(a.cost_usd for a in self.attempts),
+            "ttft_ms": served.ttft_ms if served else None, "latency_ms": elapsed * 1000,
+            "stream": self.stream, "status": self.status, "http_status": self.http_status, "error": self.error,
+            "n_attempts": len(self.attempts),
+        }
+        return LedgerRecord(request=request, attempts=[a.row(self.id) for a in self.attempts])

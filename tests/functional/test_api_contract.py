@@ -1,0 +1,124 @@
+"""The OpenAI-compatible surface against fake upstream experts: routing, streaming, ledger rows."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from router.ledger.models import AttemptRow, RequestRow
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="test-key", max_retries=0)
+
+
+def _rows(app) -> list[RequestRow]:
+    service = app.state.service
+    assert service.ledger.flush(10)
+    with Session(service.ledger.engine) as s:
+        return list(s.scalars(select(RequestRow).order_by(RequestRow.created_at)))
+
+
+def test_non_streaming_by_policy_and_by_name(fake_app_url):
+    url, app = fake_app_url
+    client = _client(url)
+    raw = client.chat.completions.with_raw_response.create(model="expertmux/auto", messages=[{"role": "user", "content": "hi"}])
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "strong answer here"  # active policy: strongest
+    assert raw.headers["x-expertmux-expert"] == "strong"
+    assert raw.headers["x-expertmux-policy"] == "strongest"
+    rid = raw.headers["x-expertmux-request-id"]
+
+    by_name = client.chat.completions.with_raw_response.create(model="cheap", messages=[{"role": "user", "content": "hi"}])
+    assert by_name.parse().choices[0].message.content == "cheap answer here"
+    assert by_name.headers["x-expertmux-policy"] == "direct"
+
+    cheapest = client.chat.completions.with_raw_response.create(model="expertmux/cheapest", messages=[{"role": "user", "content": "hi"}])
+    assert cheapest.headers["x-expertmux-expert"] == "cheap"
+
+    rows = {r.id: r for r in _rows(app)}
+    assert len(rows) == 3
+    row = rows[rid]
+    assert row.status == "ok" and row.expert == "strong" and row.policy == "strongest"
+    assert row.prompt_tokens == 7 and row.completion_tokens == 3
+    assert row.cost_usd == pytest.approx((7 * 10.0 + 3 * 30.0) / 1e6)
+    assert row.decision["propensities"] == {"cheap": 0.0, "strong": 1.0}
+    assert set(row.decision["scores"]) == {"cheap", "strong"}
+    assert row.prompt_text == "user: hi" and len(row.prompt_hash) == 64
+    assert row.api_key_id is not None and "test-key" not in row.api_key_id
+
+
+def test_streaming_relays_chunks_and_records_usage(fake_app_url):
+    url, app = fake_app_url
+    client = _client(url)
+    stream = client.chat.completions.create(model="strong", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                            stream_options={"include_usage": True})
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == "strong answer here"
+    assert usage is not None and usage.completion_tokens == 3
+    (row,) = _rows(app)
+    assert row.stream and row.status == "ok" and row.ttft_ms is not None and row.ttft_ms <= row.latency_ms
+    assert row.completion_tokens == 3
+
+
+def test_routing_options_in_extra_body(fake_app_url):
+    url, app = fake_app_url
+    client = _client(url)
+    raw = client.chat.completions.with_raw_response.create(
+        model="expertmux/auto", messages=[{"role": "user", "content": "hi"}],
+        extra_body={"expertmux": {"allowed_experts": ["cheap"]}})
+    assert raw.headers["x-expertmux-expert"] == "cheap"
+    raw = client.chat.completions.with_raw_response.create(
+        model="expertmux/prior", messages=[{"role": "user", "content": "hi"}], max_tokens=1000,
+        extra_body={"expertmux": {"lambda": 1e6}})
+    assert raw.headers["x-expertmux-expert"] == "cheap"  # expensive enough to flip the choice
+
+
+def test_models_lists_router_models_and_experts(fake_app_url):
+    url, _ = fake_app_url
+    ids = [m.id for m in _client(url).models.list().data]
+    assert ids[0] == "expertmux/auto"
+    assert {"expertmux/cheapest", "expertmux/random", "cheap", "strong"} <= set(ids)
+
+
+def test_fallback_to_next_candidate_before_first_byte(fake_app_url, upstreams):
+    url, app = fake_app_url
+    upstreams["strong"][0].fail_status = 503
+    raw = _client(url).chat.completions.with_raw_response.create(model="expertmux/auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-expertmux-expert"] == "cheap"
+    (row,) = _rows(app)
+    assert row.status == "ok" and row.n_attempts == 2 and row.expert == "cheap"
+    with Session(app.state.service.ledger.engine) as s:
+        attempts = list(s.scalars(select(AttemptRow).where(AttemptRow.request_id == row.id).order_by(AttemptRow.attempt_no)))
+    assert [(a.expert, a.status) for a in attempts] == [("strong", "error"), ("cheap", "ok")]
+
+
+def test_stream_broken_after_first_byte_ends_with_error_event(fake_app_url, upstreams):
+    url, app = fake_app_url
+    upstreams["strong"][0].break_stream_after = 1
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
+                      json={"model": "strong", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status_code == 200
+        body = r.read().decode()
+    assert '"error"' in body and "[DONE]" not in body
+    (row,) = _rows(app)
+    assert row.status == "error" and row.stream
+
+
+def test_health_and_metrics(fake_app_url):
+    url, _ = fake_app_url
+    _client(url).chat.completions.create(model="cheap", messages=[{"role": "user", "content": "hi"}])
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["experts"]["cheap"]["up"] is True and health["policy"] == "strongest"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'expertmux_requests_total{expert="cheap",model="cheap",policy="direct",status="ok"} 1.0' in metrics
+    assert "expertmux_request_latency_seconds_bucket" in metrics
+    assert 'expertmux_cost_usd_total{expert="cheap"}' in metrics
