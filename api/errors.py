@@ -21,8 +21,9 @@ def error_body(message: str, *, error_type: str, code: str | None, param: str | 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExpertmuxError)
     async def _expertmux(request: Request, exc: ExpertmuxError):
+        headers = {"x-expertmux-request-id": exc.request_id} if exc.request_id else None
         return json_response(error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
-                              status_code=exc.status)
+                             status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

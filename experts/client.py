@@ -62,7 +62,10 @@ def map_error(expert: Expert, exc: Exception) -> Exception:
         return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name)
     if isinstance(exc, lib.RateLimitError):
         return ExpertRateLimitedError(f"expert {name!r} is rate limited: {_short(exc)}", expert=name)
-    if isinstance(exc, (lib.ContextWindowExceededError, lib.BadRequestError)) and not isinstance(exc, lib.APIConnectionError):
+    if isinstance(exc, lib.APIConnectionError) or "Connection error" in str(exc):
+        where = expert.backend.api_base or expert.config.model
+        return ExpertError(f"expert {name!r} is unreachable at {where} (connection refused or dropped)", expert=name)
+    if isinstance(exc, (lib.ContextWindowExceededError, lib.BadRequestError)):
         return InvalidRequestError(f"expert {name!r} rejected the request: {_short(exc)}")
     return ExpertError(f"expert {name!r} failed: {_short(exc)}", expert=name)
 
@@ -79,7 +82,7 @@ async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
         resp = await lib.acompletion(**_call_args(expert, payload, stream=False))
     except Exception as exc:
         raise map_error(expert, exc) from exc
-    return resp.model_dump(exclude_none=True)
+    return _openai_shape(resp.model_dump(exclude_none=True))
 
 
 async def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -92,9 +95,21 @@ async def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[
         raise map_error(expert, exc) from exc
     try:
         async for chunk in resp:
-            yield chunk.model_dump(exclude_none=True)
+            yield _openai_shape(chunk.model_dump(exclude_none=True))
     except Exception as exc:
         raise map_error(expert, exc) from exc
+
+
+def _openai_shape(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop litellm's own bookkeeping fields so clients see the plain OpenAI schema."""
+    obj.pop("provider_specific_fields", None)
+    for choice in obj.get("choices") or ():
+        choice.pop("provider_specific_fields", None)
+        for key in ("message", "delta"):
+            part = choice.get(key)
+            if isinstance(part, dict):
+                part.pop("provider_specific_fields", None)
+    return obj
 
 
 def count_tokens(expert: Expert, *, messages: list[dict] | None = None, text: str | None = None) -> int:

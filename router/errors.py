@@ -13,6 +13,7 @@ class ExpertmuxError(Exception):
     status: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    request_id: str | None = None  # set when the error belongs to a recorded request
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

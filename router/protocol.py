@@ -86,6 +86,9 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
         return f"missing required field '{loc}'", loc
     if first["type"] == "too_short" and loc == "messages":
         return "'messages' must contain at least one message", loc
+    if first["type"] == "extra_forbidden":
+        return f"unknown field '{loc}'", loc
+    msg = msg.removeprefix("Value error, ")
     extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
     return f"invalid value for '{loc}': {msg}{extra}", loc
 

@@ -88,6 +88,7 @@ class RoutingService:
             return self._outcome(trace, body=body_out)
         except ExpertmuxError as exc:
             trace.fail(exc, "rejected" if exc.status < 500 and not isinstance(exc, ExpertError) else "error")
+            exc.request_id = trace.id  # the error response names the ledger row too
             raise
         except (asyncio.CancelledError, GeneratorExit) as exc:
             trace.fail(exc, "client_disconnected")

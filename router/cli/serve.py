@@ -27,13 +27,17 @@ def serve(
     url = f"http://{settings.host}:{settings.port}"
 
     def banner() -> None:
-        console.print(f"\n[bold green]expertmux is ready[/] at {url}  (OpenAI base URL: {url}/v1)")
-        console.print(f"experts: {', '.join(application.state.service.experts.names)}   "
-                      f"active policy: {settings.app_config.policy.active}   ledger: {settings.resolved_database_url}")
-        console.print("try:\n"
-                      f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
-                      "    -d '{\"model\": \"expertmux/auto\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello\"}]}'\n",
-                      highlight=False, soft_wrap=True)
+        lines = [
+            f"\n[bold green]expertmux is ready[/] at {url}   (OpenAI base URL: {url}/v1)",
+            f"experts: {', '.join(application.state.service.experts.names)}   active policy: {settings.app_config.policy.active}",
+            f"ledger: {settings.resolved_database_url}",
+            "try:",
+            f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\",
+            '    -d \'{"model": "expertmux/auto", "messages": [{"role": "user", "content": "Say hello"}]}\'',
+            "",
+        ]
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
 
     try:
         console.print(f"starting expertmux with {settings.config} …")
