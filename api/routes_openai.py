@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from api.responses import json_response
-from router.errors import InvalidRequestError
+from router.errors import RequestTooLargeError
 
 router = APIRouter()
 
@@ -29,21 +29,26 @@ def _bearer(request: Request) -> str | None:
     return auth[7:].strip() or None if auth.lower().startswith("bearer ") else None
 
 
-async def _read_body(request: Request) -> bytes:
+def _body_reader(request: Request):
+    """Reads the body inside the service, so an oversized request still gets its ledger row."""
     limit = request.app.state.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidRequestError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise InvalidRequestError(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
-    return body
+
+    async def read() -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        body = await request.body()
+        if len(body) > limit:
+            raise RequestTooLargeError(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        return body
+
+    return read
 
 
 @router.post("/v1/chat/completions", openapi_extra=_CHAT_SCHEMA)
 async def chat_completions(request: Request):
     service = request.app.state.service
-    outcome = await service.chat(await _read_body(request), api_key=_bearer(request))
+    outcome = await service.chat(_body_reader(request), api_key=_bearer(request))
     if outcome.stream is not None:
         return StreamingResponse(outcome.stream, media_type="text/event-stream",
                                  headers={**outcome.headers, "cache-control": "no-cache"})

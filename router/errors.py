@@ -34,6 +34,11 @@ class PromptTooLongError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class RequestTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
 class AuthenticationError(ExpertmuxError):
     status = 401
     error_type = "authentication_error"

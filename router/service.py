@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +65,12 @@ class RoutingService:
         """What ``/v1/models`` lists: the router's virtual models, then the experts."""
         return [AUTO_MODEL] + [ROUTER_PREFIX + p for p in self.policies.names()] + self.experts.names
 
-    async def chat(self, body: bytes, *, api_key: str | None = None) -> ChatOutcome:
+    async def chat(self, read_body: Callable[[], Awaitable[bytes]], *, api_key: str | None = None) -> ChatOutcome:
+        """Serve one chat request; ``read_body`` returns the raw JSON body (or raises on a size limit)."""
         trace = RequestTrace(id=uuid.uuid4().hex, api_key_id=key_id(api_key))
         streaming = False
         try:
-            req = parse_chat_request(body)
+            req = parse_chat_request(await read_body())
             trace.requested_model, trace.stream = req.model, req.stream
             prompt = req.prompt_text()
             trace.set_prompt(prompt, self.settings.prompt_storage)

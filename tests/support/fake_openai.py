@@ -20,6 +20,7 @@ class Behaviour:
     delay_s: float = 0.0
     usage_in_stream: bool = True
     break_stream_after: int | None = None  # drop the connection after N chunks
+    chunk_delay_s: float = 0.0
     calls: list[dict] = field(default_factory=list)
 
 
@@ -45,6 +46,8 @@ def make_app(behaviour: Behaviour) -> Starlette:
             for i, word in enumerate(words):
                 if behaviour.break_stream_after is not None and i >= behaviour.break_stream_after:
                     raise ConnectionError("upstream dropped the stream")
+                if behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
                 delta = {"content": word if i == 0 else " " + word}
                 if i == 0:
                     delta["role"] = "assistant"
