@@ -29,7 +29,8 @@ def build_service(settings: Settings) -> RoutingService:
     """Everything the routes need, wired from one Settings object (no experts started yet)."""
     cfg = settings.app_config
     secrets = {e.name: settings.secret(e.api_key_env) for e in cfg.experts}
-    experts = ExpertRegistry(cfg.experts, data_dir=settings.data_dir, secrets=secrets)
+    experts = ExpertRegistry(cfg.experts, data_dir=settings.data_dir, secrets=secrets,
+                             breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s)
     policies = PolicySet(cfg.policy, experts.infos())
     engine = make_engine(settings.resolved_database_url)
     ledger = LedgerWriter(engine, batch_size=settings.ledger_batch_size)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.responses import json_response
+from experts.breaker import STATE_VALUE
 
 router = APIRouter()
 
@@ -21,7 +22,8 @@ async def healthz(request: Request):
         service.metrics.expert_up.labels(e.name).set(1 if up else 0)
     body = {
         "status": "ok" if any(ups) else "degraded",
-        "experts": {e.name: {"up": up, "backend": e.config.backend, "in_flight": e.in_flight} for e, up in zip(experts, ups)},
+        "experts": {e.name: {"up": up, "backend": e.config.backend, "in_flight": e.in_flight, "breaker": e.breaker.state}
+                    for e, up in zip(experts, ups)},
         "policy": service.policies.active_name,
         "ledger": {"pending": service.ledger.pending, "written": service.ledger.rows_written},
     }
@@ -36,4 +38,5 @@ async def metrics(request: Request):
     m.ledger_written.set(service.ledger.rows_written)
     for e in service.experts:
         m.in_flight.labels(e.name).set(e.in_flight)
+        m.breaker_state.labels(e.name).set(STATE_VALUE[e.breaker.state])
     return Response(m.render(), media_type="text/plain; version=0.0.4")

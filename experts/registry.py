@@ -10,6 +10,7 @@ from pathlib import Path
 
 from experts.backends import make_backend
 from experts.backends.base import Backend
+from experts.breaker import CircuitBreaker
 from router.config import ExpertConfig
 from router.errors import BackendError
 from router.types import ExpertInfo
@@ -22,9 +23,9 @@ class Expert:
     config: ExpertConfig
     backend: Backend
     info: ExpertInfo
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     in_flight: int = 0
     owned: bool = False  # started by this process (and so stopped by it)
-    tags: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def name(self) -> str:
@@ -51,13 +52,15 @@ class ExpertRegistry:
     """Name → Expert. Starts and stops the local ones; remembers them in a state file so
     ``expertmux experts up`` and ``expertmux serve`` share running servers."""
 
-    def __init__(self, configs: list[ExpertConfig], *, data_dir: Path, secrets: dict[str, str | None] | None = None) -> None:
+    def __init__(self, configs: list[ExpertConfig], *, data_dir: Path, secrets: dict[str, str | None] | None = None,
+                 breaker_failures: int = 3, breaker_reset_s: float = 10.0) -> None:
         self.data_dir = Path(data_dir)
         secrets = secrets or {}
         self._experts: dict[str, Expert] = {}
         for cfg in configs:
             backend = make_backend(cfg, data_dir=self.data_dir, api_key=secrets.get(cfg.name))
-            self._experts[cfg.name] = Expert(config=cfg, backend=backend, info=expert_info(cfg), tags=frozenset(cfg.tags))
+            self._experts[cfg.name] = Expert(config=cfg, backend=backend, info=expert_info(cfg),
+                                             breaker=CircuitBreaker(breaker_failures, breaker_reset_s))
 
     # -- lookup -------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -77,8 +80,9 @@ class ExpertRegistry:
         return [e.info for e in self._experts.values()]
 
     def unavailable(self) -> frozenset[str]:
-        """Experts that cannot take a call right now (a local server that is not running)."""
-        return frozenset(e.name for e in self._experts.values() if e.backend.api_base is None and e.backend.is_local)
+        """Experts that cannot take a call now: a local server not running, or an open breaker."""
+        return frozenset(e.name for e in self._experts.values()
+                         if (e.backend.is_local and e.backend.api_base is None) or not e.breaker.available())
 
     # -- lifecycle of local servers -----------------------------------------------------------
     @property

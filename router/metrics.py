@@ -21,6 +21,8 @@ class Metrics:
         self.cost = Counter("expertmux_cost_usd", "Cost in USD per expert", ["expert"], registry=r)
         self.tokens = Counter("expertmux_tokens", "Tokens per expert", ["expert", "kind"], registry=r)
         self.in_flight = Gauge("expertmux_expert_in_flight", "Requests in flight per expert", ["expert"], registry=r)
+        self.breaker_state = Gauge("expertmux_expert_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["expert"],
+                                   registry=r)
         self.expert_up = Gauge("expertmux_expert_up", "1 if the expert answers its health check", ["expert"], registry=r)
         self.ledger_pending = Gauge("expertmux_ledger_pending_rows", "Ledger rows waiting to be written", registry=r)
         self.ledger_written = Gauge("expertmux_ledger_rows_written", "Ledger rows written since start", registry=r)

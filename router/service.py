@@ -219,12 +219,15 @@ class RoutingService:
         attempt.completion_tokens = int(usage.get("completion_tokens") or 0) or (client.count_tokens(expert, text=text) if text else 0)
         attempt.cost_usd = expert.cost_usd(attempt.prompt_tokens, attempt.completion_tokens)
         attempt.status = "ok"
+        expert.breaker.record_success()
         self.metrics.expert_calls.labels(expert.name, "ok").inc()
 
     def _attempt_failed(self, attempt: AttemptTrace, exc: BaseException) -> None:
         attempt.latency_ms = (time.perf_counter() - attempt.t0) * 1000
         if isinstance(exc, ExpertmuxError):
             attempt.status, attempt.error = "error", exc.message
+            if isinstance(exc, ExpertError):  # the expert's fault, not the request's
+                self.experts[attempt.expert].breaker.record_failure()
         else:
             attempt.status, attempt.error = "client_disconnected", type(exc).__name__
         self.metrics.expert_calls.labels(attempt.expert, attempt.status).inc()

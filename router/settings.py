@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, gt=0)
     default_max_tokens: int = Field(256, gt=0, description="used for cost estimates when a request sets no max_tokens")
     max_attempts: int = Field(3, ge=1, description="experts tried per request (fallback before the first byte)")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open an expert's circuit breaker")
+    breaker_reset_s: float = Field(10.0, gt=0, description="seconds an open breaker waits before letting a probe through")
     ledger_batch_size: int = Field(256, gt=0)
     autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
     auto_migrate: bool = Field(True, description="apply ledger migrations when the proxy starts")

@@ -122,3 +122,19 @@ def test_health_and_metrics(fake_app_url):
     assert 'expertmux_requests_total{expert="cheap",model="cheap",policy="direct",status="ok"} 1.0' in metrics
     assert "expertmux_request_latency_seconds_bucket" in metrics
     assert 'expertmux_cost_usd_total{expert="cheap"}' in metrics
+
+
+def test_breaker_takes_a_failing_expert_out_of_rotation(fake_app_url, upstreams):
+    url, app = fake_app_url
+    upstreams["strong"][0].fail_status = 500
+    client = _client(url)
+    for _ in range(4):
+        raw = client.chat.completions.with_raw_response.create(model="expertmux/auto", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-expertmux-expert"] == "cheap"
+    rows = _rows(app)
+    assert [r.n_attempts for r in rows] == [2, 2, 2, 1]  # threshold 3: the fourth never tries 'strong'
+    assert rows[-1].decision["ranking"] == ["cheap"]
+    assert len(upstreams["strong"][0].calls) == 3
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["experts"]["strong"]["breaker"] == "open"
+    assert 'expertmux_expert_breaker_state{expert="strong"} 2.0' in httpx.get(f"{url}/metrics").text
