@@ -16,6 +16,7 @@ from experts import client
 from experts.registry import ExpertRegistry
 from router.ledger.db import make_engine
 from router.ledger.repository import sync_experts
+from router.ledger.spool import LedgerSpool
 from router.ledger.writer import LedgerWriter
 from router.metrics import Metrics
 from router.policy_set import PolicySet
@@ -33,7 +34,8 @@ def build_service(settings: Settings) -> RoutingService:
                              breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s)
     policies = PolicySet(cfg.policy, experts.infos())
     engine = make_engine(settings.resolved_database_url)
-    ledger = LedgerWriter(engine, batch_size=settings.ledger_batch_size)
+    spool = LedgerSpool(settings.data_dir / "spool", capacity_bytes=settings.ledger_spool_bytes) if settings.ledger_spool_bytes else None
+    ledger = LedgerWriter(engine, batch_size=settings.ledger_batch_size, spool=spool)
     return RoutingService(settings=settings, experts=experts, policies=policies, ledger=ledger, metrics=Metrics())
 
 
@@ -48,7 +50,10 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
             from router.ledger.migrate import upgrade
 
             await asyncio.to_thread(upgrade, settings.resolved_database_url)
-        await asyncio.to_thread(sync_experts, service.ledger.engine, experts=settings.app_config.experts)
+        try:
+            await asyncio.to_thread(sync_experts, service.ledger.engine, experts=settings.app_config.experts)
+        except Exception as exc:  # the ledger being down must not stop the proxy; rows get spooled
+            log.warning("could not sync experts to the ledger: %s", exc)
         service.ledger.start()
         if settings.autostart_experts:
             started = await asyncio.to_thread(service.experts.start_local)

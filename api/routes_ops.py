@@ -25,7 +25,8 @@ async def healthz(request: Request):
         "experts": {e.name: {"up": up, "backend": e.config.backend, "in_flight": e.in_flight, "breaker": e.breaker.state}
                     for e, up in zip(experts, ups)},
         "policy": service.policies.active_name,
-        "ledger": {"pending": service.ledger.pending, "written": service.ledger.rows_written},
+        "ledger": {"pending": service.ledger.pending, "written": service.ledger.rows_written,
+                   "spooled_files": service.ledger.spooled_files(), "write_failures": service.ledger.write_failures},
     }
     return json_response(body, status_code=200 if any(ups) else 503)
 

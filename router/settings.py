@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open an expert's circuit breaker")
     breaker_reset_s: float = Field(10.0, gt=0, description="seconds an open breaker waits before letting a probe through")
     ledger_batch_size: int = Field(256, gt=0)
+    ledger_spool_bytes: int = Field(256 * 1024 * 1024, ge=0, description="disk spool for rows the database cannot take; 0 = off")
     autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
     auto_migrate: bool = Field(True, description="apply ledger migrations when the proxy starts")
     log_level: str = "info"

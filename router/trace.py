@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from router.errors import ExpertmuxError
-from router.ledger.writer import LedgerRecord
+from router.ledger.records import LedgerRecord
 from router.types import Decision
 
 

@@ -18,9 +18,10 @@ from router.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = PROJECT_ROOT / ".venv-vllm"
 
-# Used only by the CPU build of vLLM (GPU builds ignore them). Without a KV-cache size the CPU
-# build reserves a share of the host's memory that is far too much beside the proxy and the
-# other experts; 1 GiB holds thousands of SmolLM2-sized tokens. Config ``env`` overrides these.
+# Read only by the CPU build of vLLM (GPU builds ignore it). Without an explicit KV-cache size
+# (whole GiB) the CPU build claims gpu_memory_utilization (default 0.9) of ALL host memory and
+# refuses to start once the proxy and other experts hold part of it. 1 GiB holds ~46k tokens of
+# SmolLM2 cache. The ambient environment and the config's ``env`` override it.
 CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }

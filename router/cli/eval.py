@@ -65,10 +65,13 @@ def eval_command(
             tasks: dict[str, int] = {}
 
             def embed_start(total: int) -> None:
+                progress.console.print(f"{matrix.name}: {len(matrix)} queries, {matrix.n_models} models; "
+                                       f"{total} prompts to encode with '{encoder}' (the rest are cached)")
                 tasks["embed"] = progress.add_task("embedding queries", total=max(total, 1),
                                                    completed=0 if total else 1)
 
             def fit_start(total: int) -> None:
+                progress.console.print(f"fitting {len(names)} policies: {', '.join(names)}")
                 tasks["fit"] = progress.add_task("fitting policies", total=total)
 
             def fit_advance(name: str) -> None:

@@ -1,8 +1,10 @@
 """Batched ledger writes off the response path.
 
 The service hands finished records to ``LedgerWriter.submit`` (a non-blocking queue put); a
-background thread inserts them in batches. ``close`` drains the queue, so a graceful shutdown
-loses nothing. Failed batches are retried with back-off and kept in memory meanwhile.
+background thread inserts them in batches. When the database is unavailable, failed batches go
+to a bounded on-disk spool and are replayed once writes succeed again; with no spool (or a full
+one) they stay in memory and are retried with back-off. ``close`` drains the queue, so a graceful
+shutdown loses nothing.
 """
 
 from __future__ import annotations
@@ -11,37 +13,35 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from router.ledger.models import AttemptRow, RequestRow
+from router.ledger.records import LedgerRecord
+from router.ledger.spool import LedgerSpool
 
 log = logging.getLogger("expertmux.ledger")
 
 
-@dataclass(slots=True)
-class LedgerRecord:
-    """One request row and its attempt rows, written together in one transaction."""
-
-    request: dict[str, Any]
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-
 class LedgerWriter:
-    def __init__(self, engine: Engine, *, batch_size: int = 256) -> None:
+    def __init__(self, engine: Engine, *, batch_size: int = 256, spool: LedgerSpool | None = None,
+                 retry_interval_s: float = 1.0) -> None:
         self.engine = engine
         self.batch_size = batch_size
+        self.spool = spool
+        self.retry_interval_s = retry_interval_s
         self._queue: queue.SimpleQueue[LedgerRecord | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.rows_written = 0
-        self.write_failures = 0
         self._pending = 0
         self._idle = threading.Event()
         self._idle.set()
+        self.rows_written = 0
+        self.rows_spooled = 0
+        self.rows_replayed = 0
+        self.write_failures = 0
 
     # -- producer side (event loop) ----------------------------------------------------------
     def submit(self, record: LedgerRecord) -> None:
@@ -52,11 +52,22 @@ class LedgerWriter:
 
     @property
     def pending(self) -> int:
+        """Rows held in memory, not yet in the database nor in the spool."""
         return self._pending
 
+    def spooled_files(self) -> int:
+        return len(self.spool.files()) if self.spool else 0
+
     def flush(self, timeout: float = 30.0) -> bool:
-        """Block until every submitted record is written (tests, admin, shutdown)."""
-        return self._idle.wait(timeout)
+        """Block until every submitted row is in the database (spool replayed too)."""
+        deadline = time.monotonic() + timeout
+        if not self._idle.wait(timeout):
+            return False
+        while self.spooled_files():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -73,11 +84,16 @@ class LedgerWriter:
 
     # -- consumer side (thread) --------------------------------------------------------------
     def _run(self) -> None:
-        # Block for the first record, then take whatever else is already queued: under load
-        # batches form by themselves while the previous batch is being written.
+        self._replay_spool()  # rows spooled by an earlier run
         stopping = False
         while not stopping:
-            item = self._queue.get()
+            try:
+                # While the spool holds rows, wake up now and then to replay them.
+                item = self._queue.get(timeout=self.retry_interval_s if self.spooled_files() else None)
+            except queue.Empty:
+                self._replay_spool()
+                continue
+            # Take whatever else is queued: under load batches form while the last one is written.
             batch: list[LedgerRecord] = []
             while True:
                 if item is None:
@@ -90,22 +106,26 @@ class LedgerWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write_with_retry(batch, stopping)
+            if batch and self._store(batch, stopping) and self.spooled_files():
+                self._replay_spool()
 
-    def _write_with_retry(self, batch: list[LedgerRecord], stopping: bool) -> None:
-        delay = 0.1
-        attempts = 0
+    def _store(self, batch: list[LedgerRecord], stopping: bool) -> bool:
+        """Write a batch, or spool it, or keep retrying it. True if it reached the database."""
+        delay, attempts, written = 0.1, 0, False
         while True:
             try:
                 self._write(batch)
+                written = True
                 break
-            except Exception as exc:  # keep serving; the rows stay in memory until written
+            except Exception as exc:
                 attempts += 1
                 self.write_failures += 1
                 log.warning("ledger write of %d rows failed (attempt %d): %s", len(batch), attempts, exc)
+                if self.spool is not None and self.spool.append(batch):
+                    self.rows_spooled += len(batch)
+                    break
                 if stopping and attempts >= 5:
-                    log.error("giving up on %d ledger rows at shutdown", len(batch))
+                    log.error("ledger unavailable at shutdown and spool full: %d rows not written", len(batch))
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -113,6 +133,21 @@ class LedgerWriter:
             self._pending -= len(batch)
             if self._pending == 0:
                 self._idle.set()
+        return written
+
+    def _replay_spool(self) -> None:
+        if self.spool is None:
+            return
+        for path in self.spool.files():
+            records = self.spool.read(path)
+            try:
+                self._write(records)
+            except IntegrityError:
+                self._write_each(records)  # a crash after commit left some rows in already
+            except Exception:
+                return  # still unavailable: try again later
+            path.unlink()
+            self.rows_replayed += len(records)
 
     def _write(self, batch: list[LedgerRecord]) -> None:
         with Session(self.engine) as session, session.begin():
@@ -121,3 +156,10 @@ class LedgerWriter:
             if attempts:
                 session.execute(insert(AttemptRow), attempts)
         self.rows_written += len(batch)
+
+    def _write_each(self, batch: list[LedgerRecord]) -> None:
+        for record in batch:
+            try:
+                self._write([record])
+            except IntegrityError:
+                pass  # already there

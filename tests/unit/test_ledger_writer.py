@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -11,7 +12,8 @@ from sqlalchemy.orm import Session
 from router.ledger import migrate
 from router.ledger.db import make_engine
 from router.ledger.models import AttemptRow, RequestRow
-from router.ledger.writer import LedgerRecord, LedgerWriter
+from router.ledger.records import LedgerRecord
+from router.ledger.writer import LedgerWriter
 
 
 def record(i: int) -> LedgerRecord:
@@ -60,3 +62,58 @@ def test_rows_wait_in_memory_until_the_database_is_back(tmp_path):
     assert writer.flush(timeout=15)
     writer.close()
     assert counts(engine) == (10, 10)
+
+
+def test_outage_spools_to_disk_and_replays_when_the_database_returns(tmp_path):
+    from router.ledger.spool import LedgerSpool
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    engine = make_engine(url)  # no tables: every write fails
+    spool = LedgerSpool(tmp_path / "spool")
+    writer = LedgerWriter(engine, spool=spool, retry_interval_s=0.1)
+    writer.start()
+    for i in range(30):
+        writer.submit(record(i))
+    deadline = time.monotonic() + 10
+    while writer.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.pending == 0 and writer.rows_spooled == 30 and spool.rows() == 30  # on disk, not in memory
+    migrate.upgrade(url)  # the database comes back
+    assert writer.flush(timeout=15)
+    writer.close()
+    assert counts(engine) == (30, 30)
+    assert spool.files() == [] and writer.rows_replayed == 30
+
+
+def test_spooled_rows_survive_a_restart_and_duplicates_are_skipped(tmp_path):
+    from router.ledger.spool import LedgerSpool
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    spool = LedgerSpool(tmp_path / "spool")
+    assert spool.append([record(i) for i in range(5)])
+    first = LedgerWriter(engine)
+    first._write([record(0), record(1)])  # as if a crash hit after commit, before the file was deleted
+    writer = LedgerWriter(engine, spool=LedgerSpool(tmp_path / "spool"))
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close()
+    assert counts(engine) == (5, 5)
+    assert spool.files() == []
+
+
+def test_full_spool_keeps_rows_in_memory(tmp_path):
+    from router.ledger.spool import LedgerSpool
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    engine = make_engine(url)
+    spool = LedgerSpool(tmp_path / "spool", capacity_bytes=100)  # too small for one batch
+    writer = LedgerWriter(engine, spool=spool)
+    writer.start()
+    writer.submit(record(1))
+    assert not writer.flush(timeout=0.5) and writer.pending == 1 and spool.files() == []
+    migrate.upgrade(url)
+    assert writer.flush(timeout=15)
+    writer.close()
+    assert counts(engine) == (1, 1)
