@@ -10,10 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.routes_admin import router as admin_router
 from api.routes_openai import router as openai_router
 from api.routes_ops import router as ops_router
 from experts import client
 from experts.registry import ExpertRegistry
+from router.budgets import BudgetGuard
+from router.errors import ConfigError
+from router.keys import KeyStore
 from router.ledger.db import make_engine
 from router.ledger.repository import sync_experts
 from router.ledger.spool import LedgerSpool
@@ -36,12 +40,16 @@ def build_service(settings: Settings) -> RoutingService:
     engine = make_engine(settings.resolved_database_url)
     spool = LedgerSpool(settings.data_dir / "spool", capacity_bytes=settings.ledger_spool_bytes) if settings.ledger_spool_bytes else None
     ledger = LedgerWriter(engine, batch_size=settings.ledger_batch_size, spool=spool)
-    return RoutingService(settings=settings, experts=experts, policies=policies, ledger=ledger, metrics=Metrics())
+    return RoutingService(settings=settings, experts=experts, policies=policies, ledger=ledger, metrics=Metrics(),
+                          keys=KeyStore(engine, cache_ttl_s=settings.key_cache_ttl_s), budgets=BudgetGuard(engine))
 
 
 def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
     """``on_ready`` is called once the experts are up and the app is about to serve."""
     settings = settings or Settings()
+    if settings.auth_required and settings.require_api_keys is False:
+        raise ConfigError(f"keyless serving is only allowed on a loopback address, not {settings.host}; create keys with "
+                          "`expertmux keys create` and drop EXPERTMUX_REQUIRE_API_KEYS=false")
     service = build_service(settings)
 
     @asynccontextmanager
@@ -78,4 +86,5 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ops_router)
+    app.include_router(admin_router)
     return app

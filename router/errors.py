@@ -45,6 +45,22 @@ class AuthenticationError(ExpertmuxError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(ExpertmuxError):
+    status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimitError(ExpertmuxError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceededError(RateLimitError):
+    code = "budget_exceeded"
+
+
 class NotFoundError(ExpertmuxError):
     status = 404
     error_type = "invalid_request_error"

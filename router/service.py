@@ -18,13 +18,22 @@ import orjson
 
 from experts import client
 from experts.registry import Expert, ExpertRegistry
-from router.errors import ExpertError, ExpertmuxError, ModelNotFoundError, NoCandidateError, PromptTooLongError
+from router.budgets import BudgetGuard
+from router.errors import (
+    AuthenticationError,
+    ExpertError,
+    ExpertmuxError,
+    ModelNotFoundError,
+    NoCandidateError,
+    PromptTooLongError,
+)
+from router.keys import ApiKey, KeyStore
 from router.ledger.writer import LedgerWriter
 from router.metrics import Metrics
 from router.policy_set import PolicySet
 from router.protocol import ChatCompletionRequest, parse_chat_request
 from router.settings import Settings
-from router.trace import AttemptTrace, RequestTrace, key_id
+from router.trace import AttemptTrace, RequestTrace
 from router.types import Decision, RouteRequest, RoutingOptions
 
 ROUTER_PREFIX = "expertmux/"
@@ -53,12 +62,14 @@ def _sse(obj: Any) -> bytes:
 
 class RoutingService:
     def __init__(self, *, settings: Settings, experts: ExpertRegistry, policies: PolicySet,
-                 ledger: LedgerWriter, metrics: Metrics) -> None:
+                 ledger: LedgerWriter, metrics: Metrics, keys: KeyStore, budgets: BudgetGuard) -> None:
         self.settings = settings
         self.experts = experts
         self.policies = policies
         self.ledger = ledger
         self.metrics = metrics
+        self.keys = keys
+        self.budgets = budgets
 
     # -- public ---------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -67,19 +78,24 @@ class RoutingService:
 
     async def chat(self, read_body: Callable[[], Awaitable[bytes]], *, api_key: str | None = None) -> ChatOutcome:
         """Serve one chat request; ``read_body`` returns the raw JSON body (or raises on a size limit)."""
-        trace = RequestTrace(id=uuid.uuid4().hex, api_key_id=key_id(api_key))
+        trace = RequestTrace(id=uuid.uuid4().hex)
         streaming = False
         try:
+            key = await self._authenticate(api_key)
+            if key is not None:
+                trace.api_key_id, trace.tenant = key.id, key.tenant
             req = parse_chat_request(await read_body())
             trace.requested_model, trace.stream = req.model, req.stream
             prompt = req.prompt_text()
-            trace.set_prompt(prompt, self.settings.prompt_storage)
+            trace.set_prompt(prompt, (key.prompt_storage if key else None) or self.settings.prompt_storage)
             if len(prompt) > self.settings.max_prompt_chars:
                 raise PromptTooLongError(
                     f"prompt has {len(prompt)} characters; this deployment accepts at most {self.settings.max_prompt_chars}",
                     param="messages")
             trace.decision = self._route(req, prompt)
             payload = req.upstream_payload()
+            if key is not None and key.limited:
+                await self._reserve(trace, key, req, payload, prompt)
             if req.stream:
                 stream = await self._open_stream(trace, payload, include_usage=bool((req.stream_options or {}).get("include_usage")))
                 streaming = True
@@ -100,6 +116,28 @@ class RoutingService:
         finally:
             if not streaming:
                 self._finish(trace)
+
+    # -- keys and budgets -----------------------------------------------------------------------
+    async def _authenticate(self, api_key: str | None) -> ApiKey | None:
+        key = await self.keys.lookup(api_key) if api_key else None
+        if key is None and self.settings.auth_required:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'" if not api_key
+                                      else "invalid or revoked API key")
+        return key
+
+    async def _reserve(self, trace: RequestTrace, key: ApiKey, req: ChatCompletionRequest, payload: dict[str, Any],
+                       prompt: str) -> None:
+        """Reserve the request's worst-case cost: every candidate expert, the full completion.
+
+        Characters bound the prompt's tokens from above, and a limited key's completion is capped
+        (``default_max_tokens`` when the request sets none), so the reservation is a true maximum.
+        """
+        max_out = req.max_completion_tokens or req.max_tokens
+        if max_out is None:
+            max_out = payload["max_tokens"] = self.settings.default_max_tokens
+        max_cost = max(e.cost_usd(len(prompt), max_out) for e in self._candidates(trace))
+        trace.reservation = await asyncio.to_thread(self.budgets.reserve, key, max_cost_usd=max_cost,
+                                                    max_tokens=len(prompt) + max_out)
 
     # -- routing --------------------------------------------------------------------------------
     def _route(self, req: ChatCompletionRequest, prompt: str) -> Decision:

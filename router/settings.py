@@ -10,12 +10,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from router.config import AppConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -38,6 +49,16 @@ class Settings(BaseSettings):
     autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
     auto_migrate: bool = Field(True, description="apply ledger migrations when the proxy starts")
     log_level: str = "info"
+    require_api_keys: bool | None = Field(None, description="default: keys required unless the proxy listens on loopback only")
+    admin_token: SecretStr | None = Field(None, description="bearer token of the admin API and dashboard; unset = admin API off")
+    key_cache_ttl_s: float = Field(5.0, ge=0, description="how long a key lookup is cached (revocation delay)")
+
+    @property
+    def auth_required(self) -> bool:
+        """Keyless serving is for local use only: any other deployment requires keys."""
+        if self.require_api_keys is not None:
+            return self.require_api_keys or not _is_loopback(self.host)
+        return not _is_loopback(self.host)
 
     @property
     def resolved_database_url(self) -> str:

@@ -8,14 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from router.budgets import Reservation
 from router.errors import ExpertmuxError
 from router.ledger.records import LedgerRecord
 from router.types import Decision
-
-
-def key_id(api_key: str | None) -> str | None:
-    """Keys are never stored; a short hash identifies them in the ledger."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else None
 
 
 @dataclass(slots=True)
@@ -42,7 +38,9 @@ class AttemptTrace:
 @dataclass(slots=True)
 class RequestTrace:
     id: str
-    api_key_id: str | None
+    api_key_id: str | None = None
+    tenant: str | None = None
+    reservation: Reservation | None = None
     t0: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     requested_model: str | None = None
@@ -85,7 +83,7 @@ class RequestTrace:
         d = self.decision
         request = {
             "id": self.id, "created_at": self.created_at, "finished_at": self.created_at + timedelta(seconds=elapsed),
-            "api_key_id": self.api_key_id, "tenant": None, "requested_model": self.requested_model,
+            "api_key_id": self.api_key_id, "tenant": self.tenant, "requested_model": self.requested_model,
             "policy": d.policy if d else None, "policy_version": d.policy_version if d else None,
             "expert": served.expert if served else (d.expert if d else None),
             "decision": d.as_record() if d else None,
@@ -97,4 +95,8 @@ class RequestTrace:
             "stream": self.stream, "status": self.status, "http_status": self.http_status, "error": self.error,
             "n_attempts": len(self.attempts),
         }
-        return LedgerRecord(request=request, attempts=[a.row(self.id) for a in self.attempts])
+        settlement = None
+        if self.reservation is not None:
+            settlement = self.reservation.settlement(cost_usd=request["cost_usd"],
+                                                     tokens=request["prompt_tokens"] + request["completion_tokens"])
+        return LedgerRecord(request=request, attempts=[a.row(self.id) for a in self.attempts], settlement=settlement)

@@ -19,9 +19,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = PROJECT_ROOT / ".venv-vllm"
 
 # Read only by the CPU build of vLLM (GPU builds ignore it). Without an explicit KV-cache size
-# (whole GiB) the CPU build claims gpu_memory_utilization (default 0.9) of ALL host memory and
-# refuses to start once the proxy and other experts hold part of it. 1 GiB holds ~46k tokens of
-# SmolLM2 cache. The ambient environment and the config's ``env`` override it.
+# (whole GiB) the CPU build claims gpu_memory_utilization (0.92 by default) of its NUMA node's
+# memory and refuses to start once the proxy and other experts hold part of it. 1 GiB holds ~46k
+# tokens of SmolLM2 cache. The ambient environment and the config's ``env`` override it.
 CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }

@@ -109,3 +109,37 @@ class PolicyVersionRow(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("uq_policy_version", "policy", "version", unique=True),)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its sha256 is stored; limits and budgets travel with it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to recognise a key
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    rpm_limit: Mapped[int | None]
+    tpm_limit: Mapped[int | None]
+    budget_usd_day: Mapped[float | None]
+    budget_usd_month: Mapped[float | None]
+    prompt_storage: Mapped[str | None] = mapped_column(String(8))  # full | hash | none; None = deployment default
+
+
+class KeyUsageRow(Base):
+    """Usage of one key in one time window; reservations make budgets exact under concurrency."""
+
+    __tablename__ = "key_usage"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    window: Mapped[str] = mapped_column(String(8), primary_key=True)  # minute | day | month
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)

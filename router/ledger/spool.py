@@ -46,7 +46,7 @@ class LedgerSpool:
 
     def append(self, batch: list[LedgerRecord]) -> bool:
         """Write a batch durably; False if the spool is full."""
-        data = b"".join(orjson.dumps({"request": r.request, "attempts": r.attempts}) + b"\n" for r in batch)
+        data = b"".join(orjson.dumps({"request": r.request, "attempts": r.attempts, "settlement": r.settlement}) + b"\n" for r in batch)
         with self._lock:
             if self.size_bytes() + len(data) > self.capacity_bytes:
                 return False
@@ -65,5 +65,6 @@ class LedgerSpool:
         out = []
         for line in path.read_bytes().splitlines():
             obj = orjson.loads(line)
-            out.append(LedgerRecord(request=_revive(obj["request"]), attempts=[_revive(a) for a in obj["attempts"]]))
+            out.append(LedgerRecord(request=_revive(obj["request"]), attempts=[_revive(a) for a in obj["attempts"]],
+                                    settlement=obj.get("settlement")))
         return out

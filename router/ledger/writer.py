@@ -18,6 +18,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from router.budgets import apply_settlement
 from router.ledger.models import AttemptRow, RequestRow
 from router.ledger.records import LedgerRecord
 from router.ledger.spool import LedgerSpool
@@ -155,6 +156,9 @@ class LedgerWriter:
             attempts = [a for r in batch for a in r.attempts]
             if attempts:
                 session.execute(insert(AttemptRow), attempts)
+            for r in batch:  # same transaction as the row: a reservation is settled exactly once
+                if r.settlement:
+                    apply_settlement(session.connection(), r.settlement)
         self.rows_written += len(batch)
 
     def _write_each(self, batch: list[LedgerRecord]) -> None:

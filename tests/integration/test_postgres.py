@@ -28,13 +28,13 @@ def pg_url():
 
 def test_migrations_up_down_up(pg_url):
     migrate.upgrade(pg_url)
-    assert migrate.current(pg_url) == "0001_initial"
+    assert migrate.current(pg_url) == migrate.head()
     engine = make_engine(pg_url)
     assert {"requests", "attempts", "feedback", "experts", "policy_versions"} <= set(inspect(engine).get_table_names())
     migrate.downgrade(pg_url, "base")
     assert "requests" not in inspect(engine).get_table_names()
     migrate.upgrade(pg_url)
-    assert migrate.current(pg_url) == "0001_initial"
+    assert migrate.current(pg_url) == migrate.head()
     engine.dispose()
 
 
@@ -63,3 +63,25 @@ def test_request_path_on_postgres(pg_url, fake_settings, upstreams):
     assert rows[0].decision["ranking"] == ["strong", "cheap"]  # JSON column round-trips on PostgreSQL
     assert rows[0].created_at.tzinfo is not None
     assert len(attempts) == 4  # 1 + 1 + 2 (fallback) + 0 (rejected before routing)
+
+
+def test_budget_enforced_across_two_replicas_on_postgres(pg_url, fake_settings):
+    """Two service instances, one PostgreSQL ledger: 100 concurrent requests, budget never exceeded."""
+    from pydantic import SecretStr
+
+    from api.app import create_app
+    from tests.support.budget_race import budget_race
+
+    settings = fake_settings.model_copy(update={"database_url": pg_url, "require_api_keys": True,
+                                                "admin_token": SecretStr("a"), "key_cache_ttl_s": 0})
+    first, second = create_app(settings), create_app(settings.model_copy(update={"data_dir": settings.data_dir / "replica2"}))
+    with serve_in_thread(first) as url1, serve_in_thread(second) as url2:
+        result = budget_race([url1, url2], first, budget=0.0002, others=(second,))
+    ok = result["statuses"].count(200)
+    assert set(result["statuses"]) <= {200, 429}
+    assert result["spent"] <= 0.0002 + 1e-12
+    assert result["spent"] == pytest.approx(ok * 0.000013)
+    assert result["spent_ledger"] == pytest.approx(result["spent"])
+    assert result["reserved"] == pytest.approx(0.0, abs=1e-12)
+    assert result["rows"] == 100
+    assert 7 <= ok <= 15
