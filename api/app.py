@@ -44,6 +44,18 @@ def build_service(settings: Settings) -> RoutingService:
                           keys=KeyStore(engine, cache_ttl_s=settings.key_cache_ttl_s), budgets=BudgetGuard(engine))
 
 
+async def _supervise(service: RoutingService, interval_s: float) -> None:
+    """Restart local experts whose process died; a fresh server starts with a closed breaker."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            for name in await asyncio.to_thread(service.experts.restart_dead):
+                service.experts[name].breaker.record_success()
+                log.warning("expert %s restarted", name)
+        except Exception:  # the supervisor must outlive any one failure
+            log.exception("expert supervisor tick failed")
+
+
 def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
     """``on_ready`` is called once the experts are up and the app is about to serve."""
     settings = settings or Settings()
@@ -68,11 +80,16 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
             for name, status in started.items():
                 log.info("expert %s: %s", name, status)
         await asyncio.to_thread(client.warm_up)
+        supervisor = None
+        if settings.autostart_experts and settings.supervise_interval_s:
+            supervisor = asyncio.create_task(_supervise(service, settings.supervise_interval_s))
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
+            if supervisor is not None:
+                supervisor.cancel()
             # Drain the ledger before anything else goes away: nothing is lost on shutdown.
             await asyncio.to_thread(service.ledger.close)
             await asyncio.to_thread(service.experts.stop_local)

@@ -82,7 +82,8 @@ class ExpertRegistry:
     def unavailable(self) -> frozenset[str]:
         """Experts that cannot take a call now: a local server not running, or an open breaker."""
         return frozenset(e.name for e in self._experts.values()
-                         if (e.backend.is_local and e.backend.api_base is None) or not e.breaker.available())
+                         if (e.backend.is_local and (e.backend.api_base is None or not e.backend.is_running()))
+                         or not e.breaker.available())
 
     # -- lifecycle of local servers -----------------------------------------------------------
     @property
@@ -128,6 +129,26 @@ class ExpertRegistry:
         if errors:
             raise BackendError("; ".join(errors))
         return results
+
+    def restart_dead(self) -> list[str]:
+        """Restart local servers this process runs that have died (the supervisor's tick)."""
+        restarted = []
+        for e in self._experts.values():
+            backend = e.backend
+            if not backend.is_local or backend.pid is None or backend.is_running():
+                continue
+            log.warning("expert %s (pid %s) died; restarting it", e.name, backend.pid)
+            backend.stop()  # clears the dead server's state
+            try:
+                backend.start()
+            except BackendError as exc:
+                log.error("could not restart expert %s: %s", e.name, exc)
+                continue
+            e.owned = True
+            restarted.append(e.name)
+        if restarted:
+            self._write_state()
+        return restarted
 
     def stop_local(self, *, only_owned: bool = True, names: list[str] | None = None) -> list[str]:
         """Stop local experts (by default only those this process started)."""

@@ -44,6 +44,10 @@ class Backend(ABC):
     def is_local(self) -> bool:
         return False
 
+    def is_running(self) -> bool:
+        """Remote servers are not ours to watch."""
+        return True
+
     def start(self) -> None:  # noqa: B027 - remote backends have nothing to start
         """Start the server and block until it answers (local backends)."""
 

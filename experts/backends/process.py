@@ -49,6 +49,7 @@ class ProcessBackend(Backend):
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None
         self._port: int | None = None
+        self._ready = False  # api_base stays None until the server answers: no traffic to a booting server
 
     # -- to implement ------------------------------------------------------------------------
     @abstractmethod
@@ -74,7 +75,11 @@ class ProcessBackend(Backend):
 
     @property
     def api_base(self) -> str | None:
-        return f"http://127.0.0.1:{self._port}/v1" if self._port else None
+        return f"http://127.0.0.1:{self._port}/v1" if self._port and self._ready else None
+
+    def is_running(self) -> bool:
+        """The server process exists (it may still be starting)."""
+        return pid_alive(self._pid)
 
     @property
     def pid(self) -> int | None:
@@ -89,8 +94,9 @@ class ProcessBackend(Backend):
         if not pid_alive(pid):
             return False
         # Keep the pid even when unhealthy, so stop() can still end a hung server.
-        self._port, self._pid = port, pid
-        return self.health()
+        self._port, self._pid, self._ready = port, pid, True
+        self._ready = self.health()
+        return self._ready
 
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -121,6 +127,7 @@ class ProcessBackend(Backend):
                 raise BackendError(f"expert {self.config.name!r} exited with code {code} while starting:\n{self._log_tail()}")
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
+                    self._ready = True
                     return
             except httpx.HTTPError:
                 pass
@@ -158,3 +165,4 @@ class ProcessBackend(Backend):
                 pass
         self._proc = None
         self._pid = self._port = None
+        self._ready = False

@@ -28,7 +28,9 @@ def local_app(tmp_path_factory):
     from api.app import create_app
 
     data_dir = tmp_path_factory.mktemp("local-experts")
-    settings = Settings(config=PROJECT_ROOT / "config" / "expertmux.yaml", data_dir=data_dir, autostart_experts=True)
+    # No supervisor here: the kill test below needs the dead expert to stay dead.
+    settings = Settings(config=PROJECT_ROOT / "config" / "expertmux.yaml", data_dir=data_dir, autostart_experts=True,
+                        supervise_interval_s=0)
     app = create_app(settings)
     with serve_in_thread(app, startup_timeout=300) as url:
         yield url, app

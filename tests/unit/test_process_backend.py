@@ -63,3 +63,30 @@ def test_never_ready_times_out_and_is_killed(tmp_path):
     with pytest.raises(BackendError, match="not ready after 1s"):
         backend.start()
     assert backend.pid is None
+
+
+def test_registry_restarts_a_dead_local_server(tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from experts import registry as registry_mod
+    from experts.registry import ExpertRegistry
+
+    monkeypatch.setattr(registry_mod, "make_backend", lambda cfg, **kw: ScriptBackend(SERVER, tmp_path))
+    reg = ExpertRegistry([ExpertConfig(name="stand-in", backend="llamacpp", model="x")], data_dir=tmp_path)
+    reg.start_local()
+    backend = reg["stand-in"].backend
+    first_pid = backend.pid
+    try:
+        assert reg.restart_dead() == []  # healthy: nothing to do
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pid_alive(first_pid) and time.monotonic() < deadline:
+            backend._proc.poll()  # reap, as the supervisor's process would
+            time.sleep(0.05)
+        assert "stand-in" in reg.unavailable()  # a dead server is no candidate, even before its restart
+        assert reg.restart_dead() == ["stand-in"]
+        assert backend.pid != first_pid and backend.health() and "stand-in" not in reg.unavailable()
+    finally:
+        reg.stop_local()
