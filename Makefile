@@ -46,7 +46,7 @@ system-deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
 	fi
 
-test: install system-deps
+test: install system-deps vllm-env
 	$(BIN)/python -m pytest tests -q
 
 test-fast: install
@@ -71,10 +71,11 @@ $(BENCH_STAMP): $(BENCH_VENV)/bin/python constraints.txt
 bench-env: $(BENCH_STAMP)
 
 # Added latency and sustained req/s: direct vs expertmux vs LiteLLM proxy, one upstream, one load generator.
-BENCH_JSON ?= var/bench/proxy_overhead.json
+# The load generator is wrk when installed (Debian: apt-get install -y wrk), else a Python client.
+BENCH_OUT ?= var/bench
 
 bench-proxy: install bench-env
-	$(BIN)/python -m benchmarks.proxy_overhead --json $(BENCH_JSON)
+	$(BIN)/python -m benchmarks.proxy_overhead --json $(BENCH_OUT)/proxy_overhead.json --markdown $(BENCH_OUT)/proxy_overhead.md
 
 .PHONY: bench-env bench-proxy
 
@@ -106,3 +107,19 @@ vllm-env: $(SMOLLM2_HF)/.converted
 
 test-vllm: install vllm-env
 	$(BIN)/python -m pytest -m vllm tests/integration/test_vllm.py -q
+
+# --- offline evaluation ------------------------------------------------------------------------
+# Every baseline router on the shared routing matrices: tables on the terminal, and JSON, PNG and
+# Markdown per set and split in var/eval/. Query embeddings are cached in var/cache/embeddings,
+# so a second run encodes nothing.
+SHARED_DATA ?= ../shared/data
+EVAL_OUT ?= var/eval
+EVAL_RUN = $(BIN)/expertmux eval --data $(SHARED_DATA)/$(1) --split $(2) --json $(EVAL_OUT)/$(1)-$(2).json \
+	--plot $(EVAL_OUT)/$(1)-$(2).png --markdown $(EVAL_OUT)/$(1)-$(2).md
+
+eval: install
+	$(call EVAL_RUN,llmrouter,test)
+	$(call EVAL_RUN,routerdc,test)
+	$(call EVAL_RUN,routerdc,ood_test)
+
+.PHONY: eval

@@ -142,22 +142,17 @@ class ProcessBackend(Backend):
             return "(no log)"
 
     def stop(self, timeout: float = 10.0) -> None:
-        pid = self._pid
-        if pid and pid_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and pid_alive(pid):
-                if self._proc is not None:
-                    self._proc.poll()  # reap our own child so it does not linger as a zombie
-                time.sleep(0.1)
-            if pid_alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        """TERM the server's whole process group, KILL what is left after ``timeout``.
+
+        Servers fork helpers into their group (vLLM: engine core, workers, resource tracker) that
+        can outlive the main process; waiting for the group means a restart never finds the old
+        one still holding memory or ports.
+        """
+        pgid = self._pid
+        if pgid:  # the leader may be gone while its helpers live on
+            for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                if self._signal_group(pgid, sig) and self._wait_group_gone(pgid, wait_s):
+                    break
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=5)
@@ -166,3 +161,23 @@ class ProcessBackend(Backend):
         self._proc = None
         self._pid = self._port = None
         self._ready = False
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> bool:
+        try:
+            os.killpg(pgid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False  # no member left
+
+    def _wait_group_gone(self, pgid: int, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self._proc is not None:
+                self._proc.poll()  # reap our own child: a zombie would keep the group alive
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            time.sleep(0.05)
+        return False

@@ -80,10 +80,29 @@ def test_chat_completion_with_openai_client(vllm_backend):
 
 
 def test_load_reads_metrics(vllm_backend):
-    snap = vllm_backend.load()
-    assert isinstance(snap, LoadSnapshot)
-    assert snap.running >= 0 and snap.waiting >= 0
-    assert snap.kv_cache_usage is None or 0.0 <= snap.kv_cache_usage <= 1.0
+    from openai import OpenAI
+
+    idle = vllm_backend.load()
+    assert isinstance(idle, LoadSnapshot)
+    assert idle.running == 0 and idle.waiting == 0
+    assert idle.kv_cache_usage is not None and 0.0 <= idle.kv_cache_usage <= 1.0
+
+    # While a stream is being generated the server reports it as running and holding KV cache.
+    client = OpenAI(base_url=vllm_backend.api_base, api_key=vllm_backend.api_key, timeout=120)
+    stream = client.chat.completions.create(
+        model=vllm_backend.model_id,
+        messages=[{"role": "user", "content": "Count from one to one hundred in words."}],
+        max_tokens=64,
+        stream=True,
+        extra_body={"ignore_eos": True},  # keep generating long enough to be observed
+    )
+    with stream:
+        next(iter(stream))
+        busy = vllm_backend.load()
+        chunks = sum(1 for _ in stream)
+    assert busy is not None and busy.running + busy.waiting >= 1
+    assert busy.kv_cache_usage is not None and busy.kv_cache_usage > 0
+    assert chunks > 0
 
 
 def test_stop_ends_the_server_and_its_children(vllm_backend):

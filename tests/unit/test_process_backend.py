@@ -90,3 +90,23 @@ def test_registry_restarts_a_dead_local_server(tmp_path, monkeypatch):
         assert backend.pid != first_pid and backend.health() and "stand-in" not in reg.unavailable()
     finally:
         reg.stop_local()
+
+
+def test_stop_ends_helpers_that_outlive_the_server(tmp_path):
+    """A server forks a helper that ignores SIGTERM (as vLLM's resource tracker does): stop() ends
+    the whole process group, KILLing what TERM did not end."""
+    import os
+    import time
+
+    forking = ("import subprocess, sys\n"
+               "subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "time.sleep(60)'])\n" + SERVER)
+    backend = ScriptBackend(forking, tmp_path)
+    backend.start()
+    pgid = backend.pid
+    time.sleep(0.3)
+    started = time.monotonic()
+    backend.stop(timeout=0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert time.monotonic() - started < 7
