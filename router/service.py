@@ -37,6 +37,7 @@ from router.trace import AttemptTrace, RequestTrace
 from router.types import Decision, RouteRequest, RoutingOptions
 
 ROUTER_PREFIX = "expertmux/"
+_STANDARD_USAGE = {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"}
 AUTO_MODEL = "expertmux/auto"
 
 
@@ -187,7 +188,7 @@ class RoutingService:
                 raise
             finally:
                 expert.in_flight -= 1
-            usage = resp.get("usage") or {}
+            usage = {**(resp.get("usage") or {}), **(resp.pop("usage_details", None) or {})}
             text = "".join((c.get("message") or {}).get("content") or "" for c in resp.get("choices", []))
             self._attempt_ok(attempt, expert, payload, usage, text)
             attempt.ttft_ms = attempt.latency_ms
@@ -221,12 +222,16 @@ class RoutingService:
     async def _relay(self, trace: RequestTrace, expert: Expert, attempt: AttemptTrace, payload: dict[str, Any],
                      first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
         usage: dict[str, Any] = {}
+        details: dict[str, Any] = {}
         text: list[str] = []
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
                 if chunk.get("usage"):
-                    usage = chunk["usage"]
+                    usage = {**chunk["usage"], **details}
+                if "usage_details" in chunk:  # expertmux backends' extras; not part of the OpenAI schema
+                    details = chunk.pop("usage_details") or {}
+                    usage = {**usage, **details}
                 for choice in chunk.get("choices") or ():
                     text.append((choice.get("delta") or {}).get("content") or "")
                 if chunk.get("choices") or include_usage:
@@ -256,6 +261,12 @@ class RoutingService:
         attempt.prompt_tokens = int(usage.get("prompt_tokens") or 0) or client.count_tokens(expert, messages=payload["messages"])
         attempt.completion_tokens = int(usage.get("completion_tokens") or 0) or (client.count_tokens(expert, text=text) if text else 0)
         attempt.cost_usd = expert.cost_usd(attempt.prompt_tokens, attempt.completion_tokens)
+        extra = {k: v for k, v in usage.items() if k not in _STANDARD_USAGE and v is not None}
+        if extra:
+            attempt.usage_details = extra
+            # A backend that prices its own mix of models (e.g. R2R) reports the cost it incurred.
+            if isinstance(extra.get("cost_usd"), int | float):
+                attempt.cost_usd = float(extra["cost_usd"])
         attempt.status = "ok"
         expert.breaker.record_success()
         self.metrics.expert_calls.labels(expert.name, "ok").inc()

@@ -27,12 +27,13 @@ class AttemptTrace:
     cost_usd: float = 0.0
     status: str = "pending"
     error: str | None = None
+    usage_details: dict[str, Any] | None = None
 
     def row(self, request_id: str) -> dict[str, Any]:
         return {"request_id": request_id, "attempt_no": self.attempt_no, "expert": self.expert,
                 "started_at": self.started_at, "ttft_ms": self.ttft_ms, "latency_ms": self.latency_ms,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": self.cost_usd, "status": self.status, "error": self.error}
+                "cost_usd": self.cost_usd, "status": self.status, "error": self.error, "usage_details": self.usage_details}
 
 
 @dataclass(slots=True)
@@ -94,6 +95,7 @@ class RequestTrace:
             "ttft_ms": served.ttft_ms if served else None, "latency_ms": elapsed * 1000,
             "stream": self.stream, "status": self.status, "http_status": self.http_status, "error": self.error,
             "n_attempts": len(self.attempts),
+            "usage_details": served.usage_details if served else None,
         }
         settlement = None
         if self.reservation is not None:

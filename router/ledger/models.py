@@ -40,6 +40,8 @@ class RequestRow(Base):
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     n_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Backend-specific usage beyond prompt/completion tokens (e.g. R2R's small/large token split).
+    usage_details: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         Index("ix_requests_created_at", "created_at"),
@@ -65,6 +67,7 @@ class AttemptRow(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
+    usage_details: Mapped[dict[str, Any] | None]
 
 
 class FeedbackRow(Base):

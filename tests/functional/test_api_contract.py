@@ -138,3 +138,21 @@ def test_breaker_takes_a_failing_expert_out_of_rotation(fake_app_url, upstreams)
     health = httpx.get(f"{url}/healthz").json()
     assert health["experts"]["strong"]["breaker"] == "open"
     assert 'expertmux_expert_breaker_state{expert="strong"} 2.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_backend_usage_details_reach_the_ledger(fake_app_url, upstreams):
+    """A backend that mixes models (R2R) reports its split and its own cost in `usage`."""
+    url, app = fake_app_url
+    upstreams["cheap"][0].extra_usage = {"llm_share": 0.25, "slm_tokens": 3, "llm_tokens": 1, "cost_usd": 0.5}
+    client = _client(url)
+    resp = client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "hi"}])
+    assert resp.choices[0].message.content == "cheap answer here"
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
+                      json={"model": "cheap", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        sse = r.read().decode()
+    assert "usage_details" not in sse and "[DONE]" in sse  # extras stay out of the OpenAI stream
+    rows = _rows(app)
+    assert len(rows) == 2
+    for row in rows:
+        assert row.usage_details == {"llm_share": 0.25, "slm_tokens": 3, "llm_tokens": 1, "cost_usd": 0.5}, f"stream={row.stream}"
+        assert row.cost_usd == 0.5

@@ -21,6 +21,7 @@ class Behaviour:
     usage_in_stream: bool = True
     break_stream_after: int | None = None  # drop the connection after N chunks
     chunk_delay_s: float = 0.0
+    extra_usage: dict = field(default_factory=dict)  # non-standard usage fields (e.g. R2R's token split)
     calls: list[dict] = field(default_factory=list)
 
 
@@ -36,7 +37,7 @@ def make_app(behaviour: Behaviour) -> Starlette:
         if behaviour.fail_status:
             return JSONResponse({"error": {"message": "upstream failure", "type": "server_error"}}, status_code=behaviour.fail_status)
         words = behaviour.answer.split(" ")
-        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words), **behaviour.extra_usage}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", "fake-model")}
         if not body.get("stream"):
             return JSONResponse({**base, "object": "chat.completion", "usage": usage, "choices": [
@@ -53,8 +54,10 @@ def make_app(behaviour: Behaviour) -> Starlette:
                     delta["role"] = "assistant"
                 yield "data: " + json.dumps({**base, "object": "chat.completion.chunk",
                                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}) + "\n\n"
-            yield "data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n"
+            finish = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            if behaviour.extra_usage:  # streams carry extras on the finishing chunk (see RoutingService._relay)
+                finish["usage_details"] = behaviour.extra_usage
+            yield "data: " + json.dumps(finish) + "\n\n"
             if behaviour.usage_in_stream:
                 yield "data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + "\n\n"
             yield "data: [DONE]\n\n"
