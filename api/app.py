@@ -44,6 +44,16 @@ def build_service(settings: Settings) -> RoutingService:
                           keys=KeyStore(engine, cache_ttl_s=settings.key_cache_ttl_s), budgets=BudgetGuard(engine))
 
 
+async def _scrape_load(service: RoutingService, interval_s: float = 1.0) -> None:
+    """Poll servers that expose their own queue (vLLM /metrics) for load-aware routing."""
+    while True:
+        for expert in service.experts:
+            snap = await asyncio.to_thread(expert.backend.load)
+            if snap is not None:
+                service.load.set_server_queue(expert.name, snap.running, snap.waiting)
+        await asyncio.sleep(interval_s)
+
+
 async def _supervise(service: RoutingService, interval_s: float) -> None:
     """Restart local experts whose process died; a fresh server starts with a closed breaker."""
     while True:
@@ -80,16 +90,18 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
             for name, status in started.items():
                 log.info("expert %s: %s", name, status)
         await asyncio.to_thread(client.warm_up)
-        supervisor = None
+        tasks = []
         if settings.autostart_experts and settings.supervise_interval_s:
-            supervisor = asyncio.create_task(_supervise(service, settings.supervise_interval_s))
+            tasks.append(asyncio.create_task(_supervise(service, settings.supervise_interval_s)))
+        if any(e.config.backend == "vllm" for e in service.experts):
+            tasks.append(asyncio.create_task(_scrape_load(service)))
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
-            if supervisor is not None:
-                supervisor.cancel()
+            for task in tasks:
+                task.cancel()
             # Drain the ledger before anything else goes away: nothing is lost on shutdown.
             await asyncio.to_thread(service.ledger.close)
             await asyncio.to_thread(service.experts.stop_local)

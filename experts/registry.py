@@ -34,6 +34,13 @@ class Expert:
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.cost_usd(prompt_tokens, completion_tokens)
 
+    @property
+    def slots(self) -> int:
+        """Requests the server works on at once (configured, else typical for the backend)."""
+        from router.load import DEFAULT_SLOTS
+
+        return self.config.max_concurrency or DEFAULT_SLOTS.get(self.config.backend, 1)
+
 
 def expert_info(config: ExpertConfig) -> ExpertInfo:
     return ExpertInfo(

@@ -61,6 +61,9 @@ class ExpertConfig(_Strict):
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     timeout_s: float = Field(60.0, gt=0)
+    # Requests the server works on at once (llama.cpp: 1; vLLM batches many): turns in-flight
+    # counts into expected queueing delay for load-aware routing. Default: by backend.
+    max_concurrency: int | None = Field(None, gt=0)
     prior_quality: float | None = None  # used by the `strongest` and `prior` policies
     release_date: date | None = None
     chat: bool = True  # False: a base model, prompted through a plain text template
@@ -72,6 +75,10 @@ class PolicyConfig(_Strict):
     active: str = "prior"
     lambda_: float = Field(0.0, alias="lambda", ge=0)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy hyperparameters
+    # Load-aware routing: utility −= latency_weight × expected latency (s); experts whose expected
+    # latency exceeds the SLO are avoided while any other candidate meets it.
+    latency_weight: float = Field(0.0, ge=0)
+    latency_slo_s: float | None = Field(None, gt=0)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -28,6 +28,7 @@ from router.errors import (
     PromptTooLongError,
 )
 from router.keys import ApiKey, KeyStore
+from router.load import LatencyTracker, adjust_for_load
 from router.ledger.writer import LedgerWriter
 from router.metrics import Metrics
 from router.policy_set import PolicySet
@@ -71,6 +72,7 @@ class RoutingService:
         self.metrics = metrics
         self.keys = keys
         self.budgets = budgets
+        self.load = LatencyTracker()
 
     # -- public ---------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -163,6 +165,10 @@ class RoutingService:
                                  options=options)
         t0 = time.perf_counter()
         decision = policy.decide(route_req, lambda_=self.policies.default_lambda, unavailable=self.experts.unavailable())
+        cfg = self.policies.config
+        if cfg.latency_weight > 0 or cfg.latency_slo_s is not None:
+            expected = {n: self.load.expected_s(n, self.experts[n].in_flight, self.experts[n].slots) for n in decision.scores}
+            decision = adjust_for_load(decision, expected, weight=cfg.latency_weight, slo_s=cfg.latency_slo_s)
         self.metrics.decision.labels(name).observe(time.perf_counter() - t0)
         return decision
 
@@ -175,7 +181,7 @@ class RoutingService:
         """Non-streaming call with fallback to the next candidate on expert failure."""
         last: ExpertError | None = None
         for expert in self._candidates(trace):
-            attempt = trace.start_attempt(expert.name)
+            attempt = trace.start_attempt(expert.name, queue=self.load.queue(expert.name, expert.in_flight))
             expert.in_flight += 1
             try:
                 resp = await client.complete(expert, payload)
@@ -199,7 +205,7 @@ class RoutingService:
         """Open a stream; fall back to the next candidate until the first chunk has arrived."""
         last: ExpertError | None = None
         for expert in self._candidates(trace):
-            attempt = trace.start_attempt(expert.name)
+            attempt = trace.start_attempt(expert.name, queue=self.load.queue(expert.name, expert.in_flight))
             expert.in_flight += 1
             chunks = client.stream(expert, payload)
             try:
@@ -269,6 +275,7 @@ class RoutingService:
                 attempt.cost_usd = float(extra["cost_usd"])
         attempt.status = "ok"
         expert.breaker.record_success()
+        self.load.observe(expert.name, attempt.latency_ms / 1000, attempt.queue_at_start, expert.slots)
         self.metrics.expert_calls.labels(expert.name, "ok").inc()
 
     def _attempt_failed(self, attempt: AttemptTrace, exc: BaseException) -> None:

@@ -28,6 +28,7 @@ class AttemptTrace:
     status: str = "pending"
     error: str | None = None
     usage_details: dict[str, Any] | None = None
+    queue_at_start: float = 0.0  # requests ahead of this one at the expert (load-aware routing)
 
     def row(self, request_id: str) -> dict[str, Any]:
         return {"request_id": request_id, "attempt_no": self.attempt_no, "expert": self.expert,
@@ -59,9 +60,9 @@ class RequestTrace:
         self.prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()
         self.prompt_text = prompt if storage == "full" else None
 
-    def start_attempt(self, expert: str) -> AttemptTrace:
+    def start_attempt(self, expert: str, *, queue: float = 0.0) -> AttemptTrace:
         attempt = AttemptTrace(attempt_no=len(self.attempts) + 1, expert=expert,
-                               started_at=datetime.now(UTC), t0=time.perf_counter())
+                               started_at=datetime.now(UTC), t0=time.perf_counter(), queue_at_start=queue)
         self.attempts.append(attempt)
         return attempt
 

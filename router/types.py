@@ -62,6 +62,7 @@ class Decision:
     propensities: dict[str, float]
     ranking: list[str]
     reason: str = ""
+    expected_latency_s: dict[str, float] | None = None  # set by load-aware routing
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -72,4 +73,5 @@ class Decision:
             "propensities": self.propensities,
             "ranking": self.ranking,
             "reason": self.reason,
+            **({"expected_latency_s": self.expected_latency_s} if self.expected_latency_s else {}),
         }

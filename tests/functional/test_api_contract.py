@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -156,3 +158,34 @@ def test_backend_usage_details_reach_the_ledger(fake_app_url, upstreams):
     for row in rows:
         assert row.usage_details == {"llm_share": 0.25, "slm_tokens": 3, "llm_tokens": 1, "cost_usd": 0.5}, f"stream={row.stream}"
         assert row.cost_usd == 0.5
+
+
+def test_load_aware_routing_avoids_a_busy_expert(fake_settings, upstreams):
+    import threading
+
+    from api.app import create_app
+    from tests.support.servers import serve_in_thread
+
+    upstreams["strong"][0].delay_s = 1.5
+    cfg = fake_settings.app_config.model_copy(deep=True)
+    cfg.policy.latency_weight = 1.0
+    cfg.experts[1].max_concurrency = 1  # one request at a time: in-flight calls queue
+    settings = fake_settings.model_copy()
+    settings.__dict__["app_config"] = cfg  # the cached config, with load-aware routing on
+    app = create_app(settings)
+    with serve_in_thread(app) as url:
+        client = _client(url)
+        first = client.chat.completions.with_raw_response.create(model="expertmux/auto", messages=[{"role": "user", "content": "hi"}])
+        assert first.headers["x-expertmux-expert"] == "strong"  # idle: quality wins
+        busy = [threading.Thread(target=lambda: client.chat.completions.create(model="strong", messages=[{"role": "user", "content": "x"}]))
+                for _ in range(3)]
+        for t in busy:
+            t.start()
+        time.sleep(0.3)
+        raw = client.chat.completions.with_raw_response.create(model="expertmux/auto", messages=[{"role": "user", "content": "hi"}])
+        for t in busy:
+            t.join()
+        assert raw.headers["x-expertmux-expert"] == "cheap"
+        row = [r for r in _rows(app) if r.id == raw.headers["x-expertmux-request-id"]][0]
+        assert row.decision["expected_latency_s"]["strong"] > row.decision["expected_latency_s"]["cheap"]
+        assert "load-aware" in row.decision["reason"]

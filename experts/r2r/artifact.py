@@ -1,0 +1,122 @@
+"""The router artifact: a versioned directory with ``manifest.json`` and safetensors weights.
+
+The manifest names the policy, version, hyperparameters, training-data fingerprint, metrics,
+creation time and the sha256 of each weight file. Loading checks every hash before reading a
+byte of weights and turns any problem (missing, corrupted, foreign) into one clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.errors import ConfigError
+
+POLICY = "r2r-router"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+class RouterArtifactError(ConfigError):
+    """The router artifact is missing, corrupted or not an R2R router."""
+
+    code = "router_artifact_error"
+
+
+@dataclass(slots=True)
+class RouterArtifact:
+    path: Path
+    manifest: dict[str, Any]
+    weights: dict[str, np.ndarray]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version"))
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.manifest.get("default_threshold", 0.5))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_version(fingerprint: str) -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + fingerprint[:8]
+
+
+def save_artifact(directory: Path, weights: dict[str, np.ndarray], manifest: dict[str, Any]) -> Path:
+    """Write weights and manifest into ``directory`` (created); returns it."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path = directory / WEIGHTS
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(weights_path))
+    full = {
+        "policy": POLICY,
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **manifest,
+        "files": {WEIGHTS: {"sha256": sha256_file(weights_path), "bytes": weights_path.stat().st_size}},
+    }
+    (directory / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    return directory
+
+
+def resolve_artifact_dir(path: Path) -> Path:
+    """An artifact directory, or a folder of versions (the newest is taken)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RouterArtifactError(f"router artifact not found: {path} (train one with `expertmux train r2r`)")
+    if (path / MANIFEST).is_file():
+        return path
+    versions = sorted(p for p in path.iterdir() if (p / MANIFEST).is_file()) if path.is_dir() else []
+    if not versions:
+        raise RouterArtifactError(f"router artifact {path} has no {MANIFEST} (and no version folders holding one)")
+    return versions[-1]
+
+
+def load_artifact(path: Path) -> RouterArtifact:
+    """Read and verify an artifact; raises ``RouterArtifactError`` naming what is wrong."""
+    directory = resolve_artifact_dir(path)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise RouterArtifactError(f"router artifact {directory}: unreadable {MANIFEST}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("policy") != POLICY:
+        found = manifest.get("policy") if isinstance(manifest, dict) else type(manifest).__name__
+        raise RouterArtifactError(f"router artifact {directory}: manifest policy is {found!r}, expected {POLICY!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RouterArtifactError(f"router artifact {directory}: format_version {manifest.get('format_version')!r} "
+                                  f"is not supported (expected {FORMAT_VERSION})")
+    files = manifest.get("files") or {}
+    if WEIGHTS not in files:
+        raise RouterArtifactError(f"router artifact {directory}: the manifest lists no {WEIGHTS}")
+    weights_path = directory / WEIGHTS
+    if not weights_path.is_file():
+        raise RouterArtifactError(f"router artifact {directory}: {WEIGHTS} is missing")
+    digest = sha256_file(weights_path)
+    if digest != files[WEIGHTS].get("sha256"):
+        raise RouterArtifactError(f"router artifact {directory}: {WEIGHTS} is corrupted (sha256 {digest[:12]}… "
+                                  f"does not match the manifest's {str(files[WEIGHTS].get('sha256'))[:12]}…)")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RouterArtifactError(f"router artifact {directory}: cannot read {WEIGHTS}: {exc}") from exc
+    return RouterArtifact(path=directory, manifest=manifest, weights=weights)
