@@ -116,7 +116,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("routing", "probe requests", "share to idle replica", "p50 s", "p95 s", title="load-aware routing: one of two replicas saturated")
+    table = Table("routing", "probe requests", "share to idle replica", "p50 s", "p95 s",
+                  title="load-aware routing: one of two replicas saturated")
     for r in (blind, aware):
         table.add_row(r["mode"], str(r["probes"]), f"{r['to_idle_replica']:.0%}", f"{r['p50_s']:.2f}", f"{r['p95_s']:.2f}")
     ratio = aware["p95_s"] / blind["p95_s"] if blind["p95_s"] else float("nan")

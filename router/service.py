@@ -28,8 +28,8 @@ from router.errors import (
     PromptTooLongError,
 )
 from router.keys import ApiKey, KeyStore
-from router.load import LatencyTracker, adjust_for_load
 from router.ledger.writer import LedgerWriter
+from router.load import LatencyTracker, adjust_for_load
 from router.metrics import Metrics
 from router.policy_set import PolicySet
 from router.protocol import ChatCompletionRequest, parse_chat_request
