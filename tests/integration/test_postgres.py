@@ -65,23 +65,61 @@ def test_request_path_on_postgres(pg_url, fake_settings, upstreams):
     assert len(attempts) == 4  # 1 + 1 + 2 (fallback) + 0 (rejected before routing)
 
 
-def test_budget_enforced_across_two_replicas_on_postgres(pg_url, fake_settings):
-    """Two service instances, one PostgreSQL ledger: 100 concurrent requests, budget never exceeded."""
-    from pydantic import SecretStr
+def test_budget_enforced_across_two_service_processes_on_postgres(pg_url, fake_settings):
+    """Two `expertmux serve` processes, one PostgreSQL ledger: 100 concurrent requests split
+    between them against one budget, which is never exceeded."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    from api.app import create_app
-    from tests.support.budget_race import budget_race
+    from sqlalchemy import func
 
-    settings = fake_settings.model_copy(update={"database_url": pg_url, "require_api_keys": True,
-                                                "admin_token": SecretStr("a"), "key_cache_ttl_s": 0})
-    first, second = create_app(settings), create_app(settings.model_copy(update={"data_dir": settings.data_dir / "replica2"}))
-    with serve_in_thread(first) as url1, serve_in_thread(second) as url2:
-        result = budget_race([url1, url2], first, budget=0.0002, others=(second,))
-    ok = result["statuses"].count(200)
-    assert set(result["statuses"]) <= {200, 429}
-    assert result["spent"] <= 0.0002 + 1e-12
-    assert result["spent"] == pytest.approx(ok * 0.000013)
-    assert result["spent_ledger"] == pytest.approx(result["spent"])
-    assert result["reserved"] == pytest.approx(0.0, abs=1e-12)
-    assert result["rows"] == 100
+    from router.ledger.models import KeyUsageRow
+    from tests.support.budget_race import fire
+    from tests.support.servers import free_port
+
+    migrate.upgrade(pg_url)
+    env = {**os.environ, "EXPERTMUX_CONFIG": str(fake_settings.config), "EXPERTMUX_DATABASE_URL": pg_url,
+           "EXPERTMUX_REQUIRE_API_KEYS": "true", "EXPERTMUX_ADMIN_TOKEN": "adm", "EXPERTMUX_KEY_CACHE_TTL_S": "0",
+           "EXPERTMUX_AUTOSTART_EXPERTS": "false", "EXPERTMUX_LOG_LEVEL": "warning"}
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(p)],
+                              env={**env, "EXPERTMUX_DATA_DIR": str(fake_settings.data_dir / f"replica{i}")})
+             for i, p in enumerate(ports)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        for url in urls:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "replica did not start"
+                time.sleep(0.3)
+        created = httpx.post(f"{urls[0]}/admin/keys", headers={"authorization": "Bearer adm"},
+                             json={"name": "race", "budget_usd_day": 0.0002}).json()
+        statuses = asyncio.run(fire(urls, created["key"], 100))
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)  # graceful: each drains its ledger queue
+        for proc in procs:
+            proc.wait(60)
+    engine = make_engine(pg_url)
+    with Session(engine) as s:
+        usage = s.scalars(select(KeyUsageRow).where(KeyUsageRow.key_id == created["id"], KeyUsageRow.window == "day")).one()
+        rows = s.scalar(select(func.count()).select_from(RequestRow).where(RequestRow.api_key_id == created["id"]))
+        spent_ledger = s.scalar(select(func.sum(RequestRow.cost_usd)).where(RequestRow.api_key_id == created["id"]))
+    engine.dispose()
+    ok = statuses.count(200)
+    assert set(statuses) <= {200, 429} and statuses.count(429) > 0
+    assert usage.spent_usd <= 0.0002 + 1e-12
+    assert usage.spent_usd == pytest.approx(ok * 0.000013)
+    assert spent_ledger == pytest.approx(usage.spent_usd)
+    assert usage.reserved_usd == pytest.approx(0.0, abs=1e-12)
+    assert rows == 100
     assert 7 <= ok <= 15
