@@ -9,6 +9,11 @@ into a decision with the one knob every policy shares:
 
 under constraints (allowed experts, max cost, max parameters, health). Every decision keeps the
 per-candidate utilities and the probability with which each candidate would have been chosen.
+
+Two ways in: the live service routes one request at a time with ``decide``; offline evaluation
+routes a whole split under many λ at once with ``decide_many`` (same rule, vectorised). A policy
+fitted on a routing matrix (``policies.data.RoutingData``) takes the matrix's models as its
+experts, with the prices ``models.json`` gives, unless ``experts`` are passed explicitly.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from policies.costs import CostModel
+from policies.data import RoutingData
 from router.errors import NoCandidateError, PolicyError
 from router.types import Decision, ExpertInfo, RouteRequest
 
@@ -32,12 +39,16 @@ class Policy(ABC):
     version: ClassVar[str] = "builtin"
     # Policies whose rule ignores the λ knob (e.g. `cheapest`) pin it here.
     fixed_lambda: ClassVar[float | None] = None
+    # Learned policies need a routing matrix in `fit`; simple ones only need experts.
+    requires_training: ClassVar[bool] = False
+    # Evaluation-only policies (the oracle) read the outcomes of the rows they route; never served.
+    uses_labels: ClassVar[bool] = False
 
     # ---- scikit-learn style parameter handling -------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind is not p.VAR_KEYWORD]
+        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self._param_names()}
@@ -58,16 +69,33 @@ class Policy(ABC):
         return f"{type(self).__name__}({args})"
 
     # ---- learning -----------------------------------------------------------------------------
-    def fit(self, train: Any = None, *, experts: Sequence[ExpertInfo]) -> Policy:
-        """Learn from training data (if the policy learns) over the given experts."""
+    def fit(self, train: RoutingData | None = None, *, experts: Sequence[ExpertInfo] | None = None) -> Policy:
+        """Learn from training data (if the policy learns) over the given experts.
+
+        ``experts`` defaults to the models of ``train`` (``RoutingData.experts()``); when both
+        are given, ``train`` is restricted to the experts' columns (each must be in it).
+        ``cost_model_`` predicts per-query costs from prompts: learned from the matrix's cost
+        columns, else from the experts' prices, else uniform (quality-only matrix).
+        """
+        if experts is None:
+            if not isinstance(train, RoutingData):
+                raise PolicyError(f"policy {self.name!r}: fit needs experts=... or a RoutingData to take them from")
+            experts = train.experts()
         self.experts_ = list(experts)
         if not self.experts_:
             raise PolicyError(f"policy {self.name!r} needs at least one expert")
+        if isinstance(train, RoutingData):
+            train = train.select_models([e.name for e in self.experts_])
+            self.cost_model_ = CostModel.fit(train.prompts, train.costs, self.experts_)
+        else:
+            self.cost_model_ = CostModel.from_prices(self.experts_)
+        if self.requires_training and not isinstance(train, RoutingData):
+            raise PolicyError(f"policy {self.name!r} learns from a routing matrix: call fit(RoutingData, ...)")
         self._fit(train)
         return self
 
     def _fit(self, train: Any) -> None:  # noqa: B027 - optional hook
-        """Override to learn from ``train``; simple policies only use ``experts_``."""
+        """Override to learn from ``train`` (already restricted to ``experts_``); may be None."""
 
     @property
     def expert_names(self) -> list[str]:
@@ -89,6 +117,11 @@ class Policy(ABC):
         p_in = np.array([e.input_usd_per_mtok for e in self.experts_]) / 1e6
         p_out = np.array([e.output_usd_per_mtok for e in self.experts_]) / 1e6
         return np.outer(prompt_tokens, p_in) + np.outer(completion_tokens, p_out)
+
+    def predict_query_cost(self, prompts: Sequence[str]) -> np.ndarray:
+        """Expected cost per (prompt, expert) from the prompt alone, shape (n, n_experts)."""
+        self._check_fitted()
+        return self.cost_model_.predict(prompts)
 
     def propensities(self, utility: np.ndarray, feasible: np.ndarray) -> np.ndarray:
         """Probability of choosing each candidate; deterministic argmax by default."""
@@ -128,6 +161,39 @@ class Policy(ABC):
             ranking=[names[i] for i in order],
             reason=f"argmax quality − λ·cost with λ={lam:g}",
         )
+
+    # ---- the same rule for many queries and many λ at once (offline evaluation) --------------
+    def decide_many(
+        self, prompts: Sequence[str], lambdas: Sequence[float] | float, *, candidates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Chosen expert index (column of ``experts_``) per λ and prompt, shape (n_lambdas, n).
+
+        ``candidates`` (n × n_experts, bool) marks the experts allowed for each prompt (e.g. those
+        with a known outcome); every row must allow at least one.
+        """
+        self._check_fitted()
+        quality = np.asarray(self.predict_quality(prompts), dtype=float)
+        cost = self.predict_query_cost(prompts)
+        return self.choose_many(quality, cost, lambdas, candidates)
+
+    def choose_many(
+        self, quality: np.ndarray, cost: np.ndarray, lambdas: Sequence[float] | float, candidates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``argmax_e quality − λ·cost`` over candidates for every λ (ties: the earlier expert)."""
+        lams = np.atleast_1d(np.asarray(lambdas, dtype=float))
+        if self.fixed_lambda is not None:
+            lams = np.full_like(lams, self.fixed_lambda)
+        if candidates is None:
+            candidates = np.ones(quality.shape, dtype=bool)
+        if not candidates.any(axis=1).all():
+            raise NoCandidateError("decide_many: some prompts have no candidate expert")
+        quality = np.where(np.isnan(quality), -1e30, quality)  # an unknown prediction never wins
+        out = np.empty((len(lams), quality.shape[0]), dtype=np.int64)
+        for start in range(0, len(lams), 16):  # bounded memory: 16 λ × n × experts at a time
+            lam = lams[start : start + 16, None, None]
+            utility = np.where(candidates[None], quality[None] - lam * cost[None], -np.inf)
+            out[start : start + 16] = np.argmax(utility, axis=2)
+        return out
 
     def _feasible(self, request: RouteRequest, cost: np.ndarray, unavailable: frozenset[str]) -> np.ndarray:
         opts = request.options

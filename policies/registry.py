@@ -14,7 +14,15 @@ _POLICIES: dict[str, str] = {
     "cheapest": "policies.simple:CheapestPolicy",
     "strongest": "policies.simple:StrongestPolicy",
     "prior": "policies.simple:PriorPolicy",
+    "best_single": "policies.simple:BestSinglePolicy",
+    "oracle": "policies.oracle:OraclePolicy",
+    "knn": "policies.knn:KNNPolicy",
+    "mlp": "policies.mlp:MLPPolicy",
+    "mf": "policies.mf:MFPolicy",
 }
+
+# What `expertmux eval` runs when no --policies are given (the baselines every comparison has).
+BASELINES: tuple[str, ...] = ("random", "cheapest", "best_single", "oracle", "knn", "mlp", "mf")
 
 
 def available_policies() -> list[str]:

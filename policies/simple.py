@@ -51,6 +51,20 @@ class RandomPolicy(Policy):
     def choose(self, utility, probs, feasible):
         return int(self.rng_.choice(len(probs), p=probs))
 
+    def choose_many(self, quality, cost, lambdas, candidates=None):
+        """One uniform draw among each prompt's candidates, the same for every λ (λ plays no part)."""
+        n, m = quality.shape
+        lams = np.atleast_1d(np.asarray(lambdas, dtype=float))
+        if candidates is None:
+            candidates = np.ones((n, m), dtype=bool)
+        counts = candidates.sum(axis=1)
+        if not counts.all():
+            raise PolicyError("random: some prompts have no candidate expert")
+        pick = np.floor(self.rng_.random(n) * counts).astype(np.int64)  # k-th candidate of each row
+        ranks = np.cumsum(candidates, axis=1) - 1
+        chosen = np.argmax(candidates & (ranks == pick[:, None]), axis=1)
+        return np.tile(chosen, (len(lams), 1))
+
 
 class CheapestPolicy(Policy):
     """The lowest expected cost for this request (ties: the earlier expert in config)."""
@@ -80,6 +94,31 @@ class PriorPolicy(Policy):
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         row = np.array([e.prior_quality if e.prior_quality is not None else self.default_quality for e in self.experts_])
         return np.tile(row, (len(prompts), 1))
+
+
+class BestSinglePolicy(PriorPolicy):
+    """The expert with the best mean quality on the training matrix (λ trades it against cost).
+
+    Learns one number per expert, the mean training outcome, and otherwise behaves like
+    ``prior``: with λ = 0 every query goes to the best single model; a larger λ moves queries to
+    cheaper experts by their mean quality alone, never by what the query asks. Without training
+    data it falls back to the configured priors.
+    """
+
+    name = "best_single"
+
+    def _fit(self, train) -> None:
+        prior = np.array([e.prior_quality if e.prior_quality is not None else self.default_quality for e in self.experts_])
+        if train is None:
+            self.mean_quality_ = prior
+            return
+        known = ~np.isnan(train.scores)
+        sums = np.where(known, train.scores, 0.0).sum(axis=0)
+        counts = known.sum(axis=0)
+        self.mean_quality_ = np.where(counts > 0, sums / np.maximum(counts, 1), prior)
+
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.tile(self.mean_quality_, (len(prompts), 1))
 
 
 class StrongestPolicy(PriorPolicy):

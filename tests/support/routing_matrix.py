@@ -46,8 +46,9 @@ def make_frame(*, n_per_task: int = 60, models: tuple[str, ...] = ("small", "mid
         df["split"] = splits[0]
     else:
         df["split"] = np.where(rng.random(len(df)) < test_share, splits[1], splits[0])
-        if len(splits) > 2:
-            df.loc[df["task"] == "trivia", "split"] = np.where(rng.random((df["task"] == "trivia").sum()) < 0.5, splits[2], df.loc[df["task"] == "trivia", "split"])
+        if len(splits) > 2:  # half of one task only in the third split: an out-of-distribution test
+            trivia = df["task"] == "trivia"
+            df.loc[trivia, "split"] = np.where(rng.random(trivia.sum()) < 0.5, splits[2], df.loc[trivia, "split"])
     chars = df["prompt"].str.len().to_numpy()
     for m in models:
         p = df["task"].map(SKILL[m]).to_numpy()

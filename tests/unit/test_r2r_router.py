@@ -1,0 +1,176 @@
+"""The R2R router: labels on a toy pair, fitting, the artifact on disk (hashes, clear errors),
+and the numpy forward pass the server runs matching the torch model it was trained as."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experts.r2r.artifact import MANIFEST, WEIGHTS, RouterArtifactError, load_artifact, save_artifact
+from experts.r2r.datasets import PromptItem
+from experts.r2r.engine import R2REngine
+from experts.r2r.features import N_BUCKETS, N_DENSE, Proposal, dense_features, token_bucket
+from experts.r2r.labels import Judge, LabelConfig, label_prompts
+from experts.r2r.pipeline import Labels, collect_labels, fit_and_save
+from experts.r2r.routers import LearnedRouter, RouterNet
+from experts.r2r.training import TrainConfig, threshold_for_recall
+from tests.support.toy_lm import ToyLM, words
+
+SLM_SAYS = b" the cat sat on the mat"
+LLM_SAYS = b" the cat sat on a mat"
+MSGS = [{"role": "user", "content": "where is the cat?"}]
+
+
+def toy_engine() -> R2REngine:
+    vocab = words(SLM_SAYS, LLM_SAYS)
+    slm = ToyLM(vocab, [SLM_SAYS, LLM_SAYS], name="slm")
+    llm = ToyLM(vocab, [LLM_SAYS], name="llm")
+    return R2REngine(slm, llm, slm_format="plain", llm_format="plain")
+
+
+def test_labels_mark_the_divergent_token_only():
+    engine = toy_engine()
+    rows, stats = label_prompts(engine, [MSGS], cfg=LabelConfig(gen_tokens=16, judge_tokens=4, points_per_prompt=5,
+                                                                judge="lexical", similarity=0.6))
+    # the SLM agrees with the LLM's reference everywhere but at " a" (it would write " the"),
+    # and agrees with the LLM's end of text
+    assert stats.positions == 7 and stats.agree == 6 and stats.differ == 1 and stats.judged == 1
+    assert rows.kind.count("divergent") == 1 and stats.divergent == 1
+    i = rows.kind.index("divergent")
+    assert rows.label[i] == 1.0 and sum(rows.label) == 1.0
+    assert rows.bucket[i] == token_bucket(b" the")  # the row holds the SLM's proposal at that point
+    arrays = rows.arrays()
+    assert arrays["dense"].shape == (7, N_DENSE) and "hidden" not in arrays
+
+
+def test_judge_answer_then_meaning():
+    judge = Judge("lexical", similarity=0.6)
+    cases = [("Q. ", "The answer is B.", "The answer is C."),       # answers differ
+             ("Q. ", "The answer is B.", "I think the answer is B"),  # same answer
+             ("", "the cat sat on the mat", "the cat sat on a mat"),  # no answer: similar words
+             ("", "the cat sat on the mat", "dogs bark loudly")]      # no answer: different meaning
+    assert judge.judge(cases) == [(True, "answer"), (False, "answer"), (False, "meaning"), (True, "meaning")]
+
+
+def _fake_labels(n: int = 400, hidden: int = 0, seed: int = 0) -> Labels:
+    rng = np.random.default_rng(seed)
+    dense = rng.normal(size=(n, N_DENSE)).astype(np.float32)
+    dense[:, 0] = -np.abs(dense[:, 0])  # a log-probability
+    label = (dense[:, 0] < -1.0).astype(np.float32)  # low SLM confidence ↔ divergent
+    arrays = {"dense": dense, "bucket": rng.integers(0, N_BUCKETS, n), "label": label,
+              "weight": np.ones(n, np.float32), "group": np.arange(n) // 10, "is_val": np.arange(n) % 5 == 0}
+    if hidden:
+        arrays["hidden"] = rng.normal(size=(n, hidden)).astype(np.float32)
+    meta = {"models": {"slm": "toy-slm", "llm": "toy-llm"}, "labels": {}, "stats": {"prompts": n // 10},
+            "data": {"fingerprint": "f" * 64, "sources": ["toy"], "split": "train", "prompts": {"train": 32, "validation": 8}},
+            "val_share": 0.2}
+    return Labels(arrays=arrays, meta=meta)
+
+
+@pytest.mark.parametrize("hidden", [0, 6])
+def test_fit_writes_a_verified_artifact_and_numpy_matches_torch(tmp_path, hidden):
+    labels = _fake_labels(hidden=hidden)
+    result = fit_and_save(labels, out=tmp_path, train_cfg=TrainConfig(epochs=200, use_hidden=bool(hidden), hidden_units=8))
+    manifest = json.loads((result.path / MANIFEST).read_text())
+    assert result.path.parent == tmp_path and manifest["version"] == result.path.name
+    for key in ("policy", "version", "hyperparameters", "data", "metrics", "created_at", "files"):
+        assert key in manifest
+    assert manifest["data"]["fingerprint"] == "f" * 64 and len(manifest["files"][WEIGHTS]["sha256"]) == 64
+    assert manifest["features"]["set"] == ("logits+hidden" if hidden else "logits")
+    assert manifest["metrics"]["val_auc"] > 0.75  # the signal is in the features (noise dims make it overfit a little)
+    router = LearnedRouter.load(tmp_path)  # a folder of versions: the newest is taken
+    assert router.needs_hidden == bool(hidden) and router.threshold == manifest["default_threshold"]
+    # the numpy forward pass equals the torch network's (re-built from the same weights)
+    import torch
+
+    w = router.net.w
+    val = labels.side(True)
+    parts = [(val["dense"] - w["dense_mean"]) / w["dense_std"], w["bucket_emb"][val["bucket"]]]
+    if hidden:
+        parts.append((val["hidden"] - w["hidden_mean"]) / w["hidden_std"])
+    x = torch.from_numpy(np.concatenate(parts, 1))
+    h = torch.relu(x @ torch.from_numpy(w["w1"]).T + torch.from_numpy(w["b1"]))
+    h = torch.relu(h @ torch.from_numpy(w["w2"]).T + torch.from_numpy(w["b2"]))
+    expected = torch.sigmoid(h @ torch.from_numpy(w["w3"]).T + torch.from_numpy(w["b3"])).squeeze(-1).numpy()
+    got = router.net.score(val["dense"], val["bucket"], val.get("hidden"))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_learned_router_scores_a_proposal(tmp_path):
+    fit_and_save(_fake_labels(), out=tmp_path, versioned=False, train_cfg=TrainConfig(epochs=40, hidden_units=8))
+    router = LearnedRouter.load(tmp_path, threshold=0.5)
+    sure = Proposal(token=1, piece=b" the", is_eog=False, position=3, top_logprobs=np.array([-0.01] + [-9.0] * 9, np.float32))
+    unsure = Proposal(token=1, piece=b" the", is_eog=False, position=3, top_logprobs=np.array([-2.5] + [-2.6] * 9, np.float32))
+    assert router.score(unsure) > router.score(sure)
+    assert router.describe()["router_version"] == router.artifact.version
+
+
+def _artifact(tmp_path):
+    fit_and_save(_fake_labels(), out=tmp_path, versioned=False, train_cfg=TrainConfig(epochs=5, hidden_units=4))
+    return tmp_path
+
+
+def test_corrupted_weights_give_a_clear_error(tmp_path):
+    path = _artifact(tmp_path)
+    data = bytearray((path / WEIGHTS).read_bytes())
+    data[-5] ^= 0xFF
+    (path / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(RouterArtifactError, match="corrupted"):
+        load_artifact(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / WEIGHTS).unlink(), "is missing"),
+    (lambda p: (p / MANIFEST).unlink(), "no manifest.json"),
+    (lambda p: (p / MANIFEST).write_text("{not json"), "unreadable manifest.json"),
+    (lambda p: (p / MANIFEST).write_text(json.dumps({"policy": "knn"})), "expected 'r2r-router'"),
+])
+def test_broken_artifacts_name_the_problem(tmp_path, damage, message):
+    path = _artifact(tmp_path)
+    damage(path)
+    with pytest.raises(RouterArtifactError, match=message):
+        load_artifact(path)
+
+
+def test_missing_artifact_and_foreign_weights(tmp_path):
+    with pytest.raises(RouterArtifactError, match="not found"):
+        load_artifact(tmp_path / "nope")
+    save_artifact(tmp_path / "odd", {"w1": np.zeros((2, 2))}, {"version": "x"})
+    with pytest.raises(RouterArtifactError, match="lack"):
+        RouterNet(load_artifact(tmp_path / "odd").weights)
+
+
+def test_shipped_default_router_loads():
+    from experts.r2r import DEFAULT_ROUTER_DIR
+
+    router = LearnedRouter.load(DEFAULT_ROUTER_DIR)
+    assert 0 < router.threshold < 1 and not router.needs_hidden  # works in remote mode too
+    assert (DEFAULT_ROUTER_DIR / WEIGHTS).stat().st_size < 64_000
+
+
+def test_threshold_for_recall():
+    y = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.5], np.float32)
+    w = np.ones(6, np.float32)
+    assert threshold_for_recall(y, s, w, 0.75) == pytest.approx(0.7)
+    assert threshold_for_recall(y, s, w, 1.0) == pytest.approx(0.2)
+
+
+def test_labels_round_trip_and_pipeline_on_the_toy_pair(tmp_path):
+    engine = toy_engine()
+    items = [PromptItem(qid=str(i), source="toy", task="t", prompt="where is the cat?") for i in range(4)]
+    labels = collect_labels(engine, items, models={"slm": "toy"}, val_share=0.25,
+                            label_cfg=LabelConfig(gen_tokens=16, judge_tokens=4, judge="lexical", similarity=0.6))
+    assert labels.arrays["is_val"].sum() == 7 and labels.meta["data"]["prompts"] == {"train": 3, "validation": 1}
+    again = Labels.load(labels.save(tmp_path / "labels"))
+    assert set(again.arrays) == set(labels.arrays) and again.meta == json.loads(json.dumps(labels.meta))
+    np.testing.assert_array_equal(again.arrays["label"], labels.arrays["label"])
+
+
+def test_dense_features_shape_and_flags():
+    p = Proposal(token=3, piece=b" 42", is_eog=False, position=0, top_logprobs=np.array([-0.1, -3.0], np.float32))
+    f = dense_features(p)
+    assert f.shape == (N_DENSE,) and np.isfinite(f).all()
+    assert f[2] == -30.0  # missing top-k entries sit at the floor
