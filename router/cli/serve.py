@@ -39,6 +39,7 @@ def serve(
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
 
+    _check_port_free(settings.host, settings.port)
     try:
         console.print(f"starting expertmux with {settings.config} …")
         application = create_app(settings, on_ready=banner)
@@ -46,3 +47,16 @@ def serve(
         fail(exc)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=30)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting experts (which takes a while) if the port is taken."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}); is another expertmux running? "
+                 "Choose another port with --port or EXPERTMUX_PORT")

@@ -62,3 +62,15 @@ def test_bad_config_is_a_clear_cli_error(env, tmp_path):
     (tmp_path / "c.yaml").write_text("experts: [{name: a, backend: tpu, model: m}]")
     out = cli("experts", "status", env=env)
     assert out.returncode == 1 and "experts.0.backend" in out.stderr
+
+
+def test_serve_refuses_a_busy_port_before_starting_experts(env, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = cli("serve", "--port", str(port), env=env)
+    assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert not (tmp_path / "var" / "experts-state.json").exists()  # no expert was started
