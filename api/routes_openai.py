@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from api.errors import error_body
 from api.responses import json_response
-from router.errors import RequestTooLargeError
+from router.errors import RequestTooLargeError, ShuttingDownError
 
 router = APIRouter()
 
@@ -48,7 +51,14 @@ def _body_reader(request: Request):
 @router.post("/v1/chat/completions", openapi_extra=_CHAT_SCHEMA)
 async def chat_completions(request: Request):
     service = request.app.state.service
-    outcome = await service.chat(_body_reader(request), api_key=_bearer(request))
+    try:
+        outcome = await service.chat(_body_reader(request), api_key=_bearer(request))
+    except asyncio.CancelledError:
+        if not service.draining:
+            raise
+        # Shutdown grace ran out: answer cleanly (the ledger row says the same) rather than drop.
+        exc = ShuttingDownError("the server shut down before the answer was ready; retry the request")
+        return json_response(error_body(exc.message, error_type=exc.error_type, code=exc.code), status_code=exc.status)
     if outcome.stream is not None:
         return StreamingResponse(outcome.stream, media_type="text/event-stream",
                                  headers={**outcome.headers, "cache-control": "no-cache"})

@@ -38,6 +38,7 @@ class LoadReport:
     answered: int = 0
     failed_mid_stream: int = 0  # the expert died after the first byte: an error event ends the stream
     failed_no_candidate: int = 0  # an error status: no expert could answer
+    failed_shutdown: int = 0  # 503: the proxy shut down before the answer was ready (grace time ran out)
     not_reached: int = 0  # connection refused/closed before the proxy took the request (after SIGTERM)
     ledger_rows: int = 0
     ledger_rows_for_reached: int = 0
@@ -62,9 +63,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_proxy(data_dir: Path, port: int, config: Path) -> subprocess.Popen:
+def start_proxy(data_dir: Path, port: int, config: Path, *, grace_s: float = 60) -> subprocess.Popen:
     env = {**os.environ, "EXPERTMUX_CONFIG": str(config), "EXPERTMUX_DATA_DIR": str(data_dir), "EXPERTMUX_PORT": str(port),
-           "EXPERTMUX_SUPERVISE_INTERVAL_S": "1", "EXPERTMUX_LOG_LEVEL": "warning"}
+           "EXPERTMUX_SUPERVISE_INTERVAL_S": "1", "EXPERTMUX_LOG_LEVEL": "warning", "EXPERTMUX_SHUTDOWN_GRACE_S": str(grace_s)}
     log = (data_dir / "proxy.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "router", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -111,6 +112,8 @@ async def client_loop(url: str, stop_at: float, report: LoadReport, latencies: l
             if status == 200:
                 report.answered += 1
                 latencies.append(time.monotonic() - t0)
+            elif status == 503:
+                report.failed_shutdown += 1
             else:
                 report.failed_no_candidate += 1
 
@@ -139,10 +142,10 @@ def ledger_rows(data_dir: Path) -> int:
 
 
 def run(clients: int, duration: float, kill_at: float | None, sigterm_at: float | None,
-        config: Path = REPO / "config" / "expertmux.yaml", victim: str = "gemma3-270m") -> LoadReport:
+        config: Path = REPO / "config" / "expertmux.yaml", victim: str = "gemma3-270m", grace_s: float = 60) -> LoadReport:
     data_dir = Path(tempfile.mkdtemp(prefix="expertmux-load-"))
     port = free_port()
-    proc = start_proxy(data_dir, port, config)
+    proc = start_proxy(data_dir, port, config, grace_s=grace_s)
     report = LoadReport(clients=clients, duration_s=duration)
     url = f"http://127.0.0.1:{port}"
 
@@ -185,10 +188,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("clients", "seconds", "sent", "answered", "failed mid-stream", "failed (no candidate)", "not reached",
+    table = Table("clients", "seconds", "sent", "answered", "failed mid-stream", "failed (no candidate)", "503 at shutdown", "not reached",
                   "ledger rows", "rows = reached", title="load with faults (real llama.cpp experts)")
     table.add_row(str(report.clients), f"{report.duration_s:g}", str(report.sent), str(report.answered),
-                  str(report.failed_mid_stream), str(report.failed_no_candidate), str(report.not_reached), str(report.ledger_rows),
+                  str(report.failed_mid_stream), str(report.failed_no_candidate), str(report.failed_shutdown), str(report.not_reached),
+                  str(report.ledger_rows),
                   "yes" if report.ledger_rows == report.reached else "NO")
     Console().print(table)
     if args.json:

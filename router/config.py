@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import ConfigError
 
@@ -48,9 +48,37 @@ class VllmOptions(_Strict):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class R2ROptions(_Strict):
+    """The ``r2r`` virtual expert: a small model writes, a learned router hands the few
+    path-divergent tokens to a large model (``python -m experts.r2r.server`` subprocess)."""
+
+    mode: Literal["local", "remote"] = "local"  # remote: both models behind OpenAI-compatible servers
+    slm: str | None = None  # packaged model name or GGUF path (remote: served model name); default: slm_expert's model
+    llm: str | None = None
+    slm_expert: str | None = None  # an expert of this config whose model and prices the SLM side uses
+    llm_expert: str | None = None
+    router: str | None = None  # router artifact folder; default: the one shipped in experts/r2r/default_router
+    threshold: float | None = Field(None, ge=0, le=1)  # hand over when the router's score ≥ this; default: the artifact's
+    slm_format: str | None = None  # prompt format (smollm2, chatml, gemma, plain); default: from the model name
+    llm_format: str | None = None
+    slm_input_usd_per_mtok: float | None = Field(None, ge=0)  # default: slm_expert's prices, else 0
+    slm_output_usd_per_mtok: float | None = Field(None, ge=0)
+    llm_input_usd_per_mtok: float | None = Field(None, ge=0)
+    llm_output_usd_per_mtok: float | None = Field(None, ge=0)
+    n_threads: int = 2
+    n_ctx: int = 2048
+    default_max_tokens: int = Field(256, gt=0)
+    slm_endpoint: str | None = None  # remote mode: base URLs (…/v1)
+    llm_endpoint: str | None = None
+    remote_chunk: int = Field(8, gt=0)  # remote mode: SLM tokens requested per call
+    port: int = 0
+    startup_timeout_s: float = 120.0
+    extra_args: list[str] = Field(default_factory=list)
+
+
 class ExpertConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
-    backend: Literal["llamacpp", "vllm", "remote"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]*$")  # "+" names pairs, e.g. r2r:smollm2+gemma3
+    backend: Literal["llamacpp", "vllm", "remote", "r2r"]
     model: str
     endpoint: str | None = None  # base URL (…/v1) of an already running OpenAI-compatible server
     api_key_env: str | None = None  # environment variable holding the key (remote experts)
@@ -69,6 +97,7 @@ class ExpertConfig(_Strict):
     chat: bool = True  # False: a base model, prompted through a plain text template
     llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
     vllm: VllmOptions = Field(default_factory=VllmOptions)
+    r2r: R2ROptions = Field(default_factory=R2ROptions)
 
 
 class PolicyConfig(_Strict):
@@ -97,6 +126,32 @@ class AppConfig(_Strict):
         if not experts:
             raise ValueError("at least one expert is required")
         return experts
+
+    @model_validator(mode="after")
+    def _link_r2r(self) -> AppConfig:
+        """An R2R expert may name the experts it pairs: their models and prices fill its gaps."""
+        by_name = {e.name: e for e in self.experts}
+        for expert in self.experts:
+            if expert.backend != "r2r":
+                continue
+            opts = expert.r2r
+            for side in ("slm", "llm"):
+                ref = getattr(opts, f"{side}_expert")
+                if ref is None:
+                    continue
+                other = by_name.get(ref)
+                if other is None or other.backend == "r2r":
+                    raise ValueError(f"expert {expert.name!r}: r2r.{side}_expert {ref!r} is not a (non-r2r) expert of this config")
+                if getattr(opts, side) is None:
+                    model = other.llamacpp.model_path or other.model if other.backend == "llamacpp" else other.model
+                    setattr(opts, side, model)
+                for kind in ("input", "output"):
+                    field = f"{side}_{kind}_usd_per_mtok"
+                    if getattr(opts, field) is None:
+                        setattr(opts, field, getattr(other, f"{kind}_usd_per_mtok"))
+            if opts.mode == "remote" and not (opts.slm_endpoint and opts.llm_endpoint):
+                raise ValueError(f"expert {expert.name!r}: r2r remote mode needs slm_endpoint and llm_endpoint")
+        return self
 
 
 def load_config(path: str | Path) -> AppConfig:

@@ -103,6 +103,14 @@ class ExpertRateLimitedError(ExpertError):
     code = "expert_rate_limited"
 
 
+class ShuttingDownError(ExpertmuxError):
+    """The server stopped before this request finished (graceful shutdown ran out of time)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "shutting_down"
+
+
 class ConfigError(ExpertmuxError):
     """Bad configuration file or settings; raised at start-up, never per request."""
 

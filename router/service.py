@@ -26,6 +26,7 @@ from router.errors import (
     ModelNotFoundError,
     NoCandidateError,
     PromptTooLongError,
+    ShuttingDownError,
 )
 from router.keys import ApiKey, KeyStore
 from router.ledger.writer import LedgerWriter
@@ -73,6 +74,7 @@ class RoutingService:
         self.keys = keys
         self.budgets = budgets
         self.load = LatencyTracker()
+        self.draining = False  # set when a graceful shutdown begins
 
     # -- public ---------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -111,7 +113,10 @@ class RoutingService:
             exc.request_id = trace.id  # the error response names the ledger row too
             raise
         except (asyncio.CancelledError, GeneratorExit) as exc:
-            trace.fail(exc, "client_disconnected")
+            if self.draining:  # cancelled by a shutdown that ran out of grace time, not by the client
+                trace.fail(ShuttingDownError("the server shut down before the answer was ready; retry the request"), "error")
+            else:
+                trace.fail(exc, "client_disconnected")
             raise
         except Exception as exc:
             trace.fail(exc, "error")

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     ledger_batch_size: int = Field(256, gt=0)
     ledger_spool_bytes: int = Field(256 * 1024 * 1024, ge=0, description="disk spool for rows the database cannot take; 0 = off")
     autostart_experts: bool = Field(True, description="start local (llama.cpp / vLLM) experts with the proxy")
+    shutdown_grace_s: float = Field(60.0, gt=0, description="on SIGTERM, how long in-flight requests may take to finish")
     supervise_interval_s: float = Field(2.0, ge=0, description="how often dead local experts are restarted; 0 = never")
     auto_migrate: bool = Field(True, description="apply ledger migrations when the proxy starts")
     log_level: str = "info"

@@ -45,8 +45,22 @@ def serve(
         application = create_app(settings, on_ready=banner)
     except ExpertmuxError as exc:
         fail(exc)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, loop="uvloop", http="httptools",
+                            timeout_graceful_shutdown=settings.shutdown_grace_s)
+    _draining_server(config, application.state.service).run()
+
+
+def _draining_server(config, service):
+    """uvicorn's server, telling the service when a graceful shutdown starts (SIGTERM/SIGINT)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            service.draining = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 def _check_port_free(host: str, port: int) -> None:
