@@ -123,3 +123,12 @@ eval: install
 	$(call EVAL_RUN,routerdc,ood_test)
 
 .PHONY: eval
+
+# --- R2R token routing -------------------------------------------------------------------------
+# Held-out prompts (test split of the shared routing matrices) through the LLM alone, the SLM
+# alone, the learned router's threshold sweep and the SLM-confidence and random baselines; rich
+# tables on the terminal, JSON and Markdown in var/bench/. About 20 minutes on two cores.
+bench-r2r: install
+	$(BIN)/python -m benchmarks.r2r --json $(BENCH_OUT)/r2r.json --markdown $(BENCH_OUT)/r2r.md
+
+.PHONY: bench-r2r
