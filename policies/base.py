@@ -10,10 +10,19 @@ into a decision with the one knob every policy shares:
 under constraints (allowed experts, max cost, max parameters, health). Every decision keeps the
 per-candidate utilities and the probability with which each candidate would have been chosen.
 
+Requests may add user-weighted constraints (Tryage's flags): penalties per 10× parameters, per
+second of expected latency and per year of age are subtracted from the utility, and hard limits
+(max cost, parameters, latency, earliest release date) remove candidates. ``pareto_front`` lists
+the experts no other candidate beats on both predicted quality and cost.
+
 Two ways in: the live service routes one request at a time with ``decide``; offline evaluation
 routes a whole split under many λ at once with ``decide_many`` (same rule, vectorised). A policy
 fitted on a routing matrix (``policies.data.RoutingData``) takes the matrix's models as its
 experts, with the prices ``models.json`` gives, unless ``experts`` are passed explicitly.
+
+A fitted learned policy saves and restores its state through ``artifact_state`` /
+``from_artifact_state`` (plain arrays and JSON, see ``policies.artifacts``), and serves live
+experts other than the matrix's models through ``for_experts`` (``policies.serving``).
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from __future__ import annotations
 import copy
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import date
 from typing import Any, ClassVar
 
 import numpy as np
@@ -135,23 +146,39 @@ class Policy(ABC):
         return int(np.argmax(np.where(feasible, utility, -np.inf)))
 
     # ---- the decision rule ------------------------------------------------------------------
+    def _lambda_for(self, request: RouteRequest, default: float) -> float:
+        if self.fixed_lambda is not None:
+            return self.fixed_lambda
+        return request.options.lambda_ if request.options.lambda_ is not None else default
+
+    def _evaluate(self, request: RouteRequest, lam: float, unavailable: frozenset[str]) -> dict[str, np.ndarray]:
+        """Predicted quality and cost, penalties, utility and feasibility of every expert."""
+        self._check_fitted()
+        quality = np.asarray(self.predict_quality([request.prompt]), dtype=float)[0]
+        cost = self.predict_cost([request.prompt_tokens], [request.max_completion_tokens])[0]
+        latency = _known_latency(request, self.experts_)
+        penalty = constraint_penalties(request, self.experts_, latency)
+        utility = quality - lam * cost - penalty
+        feasible = self._feasible(request, cost, unavailable, latency)
+        return {"quality": quality, "cost": cost, "penalty": penalty, "utility": utility, "feasible": feasible,
+                "latency": latency}
+
     def decide(
         self, request: RouteRequest, *, lambda_: float = 0.0, unavailable: frozenset[str] = frozenset()
     ) -> Decision:
-        """Route one request: utility = quality − λ·cost, constraints, ranking, propensities."""
-        self._check_fitted()
-        opts = request.options
-        lam = self.fixed_lambda if self.fixed_lambda is not None else (opts.lambda_ if opts.lambda_ is not None else lambda_)
-        quality = np.asarray(self.predict_quality([request.prompt]), dtype=float)[0]
-        cost = self.predict_cost([request.prompt_tokens], [request.max_completion_tokens])[0]
-        utility = quality - lam * cost
-        feasible = self._feasible(request, cost, unavailable)
+        """Route one request: utility = quality − λ·cost − penalties, constraints, ranking, propensities."""
+        lam = self._lambda_for(request, lambda_)
+        ev = self._evaluate(request, lam, unavailable)
+        utility, feasible = ev["utility"], ev["feasible"]
         if not feasible.any():
             raise NoCandidateError(self._why_infeasible(request, unavailable))
         probs = self.propensities(utility, feasible)
         chosen = self.choose(utility, probs, feasible)
         order = sorted(np.flatnonzero(feasible), key=lambda i: (i != chosen, -utility[i]))
         names = self.expert_names
+        reason = f"argmax quality − λ·cost with λ={lam:g}"
+        if ev["penalty"].any():
+            reason += " − user-weighted constraints"
         return Decision(
             expert=names[chosen],
             policy=self.name,
@@ -159,8 +186,39 @@ class Policy(ABC):
             scores={n: round(float(u), 9) for n, u, ok in zip(names, utility, feasible) if ok},
             propensities={n: float(p) for n, p, ok in zip(names, probs, feasible) if ok},
             ranking=[names[i] for i in order],
-            reason=f"argmax quality − λ·cost with λ={lam:g}",
+            reason=reason,
         )
+
+    def pareto_front(
+        self, request: RouteRequest, *, lambda_: float = 0.0, unavailable: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The feasible experts no other feasible expert beats on both predicted quality and cost.
+
+        Returns every candidate with its predicted quality, cost, penalty and utility, the front
+        (sorted by cost) and the expert ``decide`` would choose at this λ.
+        """
+        lam = self._lambda_for(request, lambda_)
+        ev = self._evaluate(request, lam, unavailable)
+        names = self.expert_names
+        rows = []
+        for i, expert in enumerate(self.experts_):
+            rows.append({
+                "expert": names[i],
+                "quality": round(float(ev["quality"][i]), 6),
+                "cost_usd": float(f"{ev['cost'][i]:.6g}"),
+                "penalty": round(float(ev["penalty"][i]), 6),
+                "utility": round(float(ev["utility"][i]), 6),
+                "params_b": expert.params_b,
+                "release_date": expert.release_date,
+                "expected_latency_s": None if np.isnan(ev["latency"][i]) else round(float(ev["latency"][i]), 4),
+                "feasible": bool(ev["feasible"][i]),
+            })
+        front = pareto_indices(ev["quality"], ev["cost"], ev["feasible"])
+        chosen = None
+        if ev["feasible"].any():
+            chosen = names[self.choose(ev["utility"], self.propensities(ev["utility"], ev["feasible"]), ev["feasible"])]
+        return {"policy": self.name, "policy_version": self.version, "lambda": lam, "chosen": chosen,
+                "front": [rows[i]["expert"] for i in front], "experts": rows}
 
     # ---- the same rule for many queries and many λ at once (offline evaluation) --------------
     def decide_many(
@@ -195,16 +253,23 @@ class Policy(ABC):
             out[start : start + 16] = np.argmax(utility, axis=2)
         return out
 
-    def _feasible(self, request: RouteRequest, cost: np.ndarray, unavailable: frozenset[str]) -> np.ndarray:
+    def _feasible(self, request: RouteRequest, cost: np.ndarray, unavailable: frozenset[str],
+                  latency: np.ndarray | None = None) -> np.ndarray:
+        """Hard constraints. An expert whose size, latency or release date is unknown passes that limit."""
         opts = request.options
         allowed = set(opts.allowed_experts) if opts.allowed_experts else None
+        if latency is None:
+            latency = np.full(len(self.experts_), np.nan)
         ok = []
-        for expert, c in zip(self.experts_, cost):
+        for expert, c, lat in zip(self.experts_, cost, latency):
             ok.append(
                 expert.name not in unavailable
                 and (allowed is None or expert.name in allowed)
                 and (opts.max_cost_usd is None or c <= opts.max_cost_usd)
                 and (opts.max_params_b is None or expert.params_b is None or expert.params_b <= opts.max_params_b)
+                and (opts.max_latency_s is None or np.isnan(lat) or lat <= opts.max_latency_s)
+                and (opts.min_release_date is None or expert.release_date is None
+                     or expert.release_date >= opts.min_release_date)
                 and request.prompt_tokens + request.max_completion_tokens <= expert.context_window
             )
         return np.array(ok, dtype=bool)
@@ -219,7 +284,114 @@ class Policy(ABC):
             parts.append(f"max_cost_usd={opts.max_cost_usd:g}")
         if opts.max_params_b is not None:
             parts.append(f"max_params_b={opts.max_params_b:g}")
+        if opts.max_latency_s is not None:
+            parts.append(f"max_latency_s={opts.max_latency_s:g}")
+        if opts.min_release_date is not None:
+            parts.append(f"min_release_date={opts.min_release_date}")
         if unavailable:
             parts.append(f"unavailable experts: {sorted(unavailable)}")
         parts.append(f"prompt+max_tokens={request.prompt_tokens + request.max_completion_tokens} tokens")
         return "no expert satisfies the routing constraints: " + ", ".join(parts)
+
+    # ---- artifacts and serving ----------------------------------------------------------------
+    def artifact_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything ``fit`` learned, as numeric arrays and JSON metadata (no pickled objects)."""
+        self._check_fitted()
+        arrays, meta = self._get_state()
+        cm = self.cost_model_
+        arrays = {**{f"state.{k}": np.asarray(v) for k, v in arrays.items()},
+                  "cost.intercept": np.asarray(cm.intercept, dtype=float), "cost.slope": np.asarray(cm.slope, dtype=float)}
+        meta = {"state": meta, "cost_model": cm.kind, "experts": [asdict(e) for e in self.experts_]}
+        return arrays, meta
+
+    @classmethod
+    def from_artifact_state(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Policy:
+        """Rebuild a fitted policy from ``artifact_state`` output (and its hyperparameters)."""
+        from policies.costs import CostModel
+
+        policy = cls(**dict(params))
+        experts = []
+        for e in meta["experts"]:
+            e = dict(e)
+            e["tags"] = tuple(e.get("tags") or ())
+            experts.append(ExpertInfo(**e))
+        policy.experts_ = experts
+        policy.cost_model_ = CostModel(meta["cost_model"], np.asarray(arrays["cost.intercept"], dtype=float),
+                                       np.asarray(arrays["cost.slope"], dtype=float))
+        state = {k.removeprefix("state."): v for k, v in arrays.items() if k.startswith("state.")}
+        policy._set_state(state, dict(meta.get("state") or {}))
+        return policy
+
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Override in learned policies: learned arrays and JSON-able metadata."""
+        raise PolicyError(f"policy {self.name!r} has no saved form: it learns nothing an artifact would keep")
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        raise PolicyError(f"policy {self.name!r} cannot be restored from an artifact")
+
+    def for_experts(self, experts: Sequence[ExpertInfo], expert_map: Mapping[str, str]) -> Policy:
+        """This fitted policy serving live ``experts``: ``expert_map`` maps the models it was
+        trained on to expert names; experts no model maps to are not candidates."""
+        from policies.serving import MappedPolicy
+
+        return MappedPolicy(self, experts, expert_map)
+
+
+# ---- user-weighted constraints (shared by every policy's decision rule) ----------------------
+def _known_latency(request: RouteRequest, experts: Sequence[ExpertInfo]) -> np.ndarray:
+    known = request.expected_latency_s or {}
+    return np.array([float(known[e.name]) if e.name in known else np.nan for e in experts], dtype=float)
+
+
+def _neutral(values: np.ndarray) -> np.ndarray:
+    """Unknown entries (NaN) take the mean of the known ones: they are neither favoured nor punished."""
+    if np.isnan(values).all():
+        return np.zeros_like(values)
+    return np.where(np.isnan(values), np.nanmean(values), values)
+
+
+def _years_behind_newest(experts: Sequence[ExpertInfo]) -> np.ndarray:
+    days = []
+    for e in experts:
+        try:
+            days.append(float(date.fromisoformat(str(e.release_date)).toordinal()) if e.release_date else np.nan)
+        except ValueError:
+            days.append(np.nan)
+    arr = np.array(days, dtype=float)
+    if np.isnan(arr).all():
+        return np.zeros(len(experts))
+    return (np.nanmax(arr) - arr) / 365.25
+
+
+def constraint_penalties(request: RouteRequest, experts: Sequence[ExpertInfo], latency: np.ndarray) -> np.ndarray:
+    """Per-expert penalty in quality points from the request's weights (Tryage's flags).
+
+    ``size_weight`` per 10× parameters (log10 of billions), ``latency_weight`` per second of
+    expected latency, ``recency_weight`` per year an expert is older than the newest candidate
+    (ranking-equivalent to its age today, without depending on the clock). Experts with an
+    unknown size, latency or date get the mean of the known ones.
+    """
+    opts = request.options
+    penalty = np.zeros(len(experts))
+    if opts.size_weight:
+        params = np.array([e.params_b if e.params_b else np.nan for e in experts], dtype=float)
+        penalty += opts.size_weight * _neutral(np.log10(params))
+    if opts.latency_weight:
+        penalty += opts.latency_weight * _neutral(latency.copy())
+    if opts.recency_weight:
+        penalty += opts.recency_weight * _years_behind_newest(experts)
+    return penalty
+
+
+def pareto_indices(quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray) -> list[int]:
+    """Indices of the feasible points not dominated in (higher quality, lower cost), by cost."""
+    idx = [int(i) for i in np.flatnonzero(feasible)]
+    front = []
+    for i in idx:
+        dominated = any(
+            quality[j] >= quality[i] and cost[j] <= cost[i] and (quality[j] > quality[i] or cost[j] < cost[i])
+            for j in idx if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (cost[i], -quality[i]))

@@ -95,3 +95,20 @@ class KNNPolicy(EmbeddingPolicy):
         k = neigh.shape[1]
         (pred,) = _neighbour_means(neigh, self.values_, self.known_, [k], self.to_unit(self.mean_quality_))
         return self.from_unit(pred)
+
+    def _get_state(self):
+        arrays, meta = self._embedding_state()
+        arrays.update(keys=self.keys_.astype(np.float32), values=self.values_.astype(np.float32), known=self.known_)
+        meta.update(k=int(self.k_), cv_mse={str(k): v for k, v in self.cv_mse_.items()})
+        return arrays, meta
+
+    def _set_state(self, arrays, meta):
+        self._set_embedding_state(arrays, meta)
+        self.keys_ = np.asarray(arrays["keys"], dtype=np.float32)
+        self.values_ = np.asarray(arrays["values"], dtype=float)
+        self.known_ = np.asarray(arrays["known"], dtype=bool)
+        m = len(self.experts_)
+        if self.values_.shape != (len(self.keys_), m) or self.known_.shape != self.values_.shape:
+            raise ValueError(f"kNN tables have shapes {self.keys_.shape}, {self.values_.shape}; expected {m} experts")
+        self.k_ = int(meta["k"])
+        self.cv_mse_ = {int(k): float(v) for k, v in (meta.get("cv_mse") or {}).items()}

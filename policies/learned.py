@@ -50,3 +50,14 @@ class EmbeddingPolicy(Policy):
 
     def from_unit(self, unit: np.ndarray) -> np.ndarray:
         return self.score_lo_ + unit * (self.score_hi_ - self.score_lo_)
+
+    # ---- artifacts: what every embedding policy learns besides its model ----------------------
+    def _embedding_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return ({"mean_quality": np.asarray(self.mean_quality_, dtype=float)},
+                {"score_lo": float(self.score_lo_), "score_hi": float(self.score_hi_)})
+
+    def _set_embedding_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        self.score_lo_, self.score_hi_ = float(meta["score_lo"]), float(meta["score_hi"])
+        self.mean_quality_ = np.asarray(arrays["mean_quality"], dtype=float)
+        if self.mean_quality_.shape != (len(self.experts_),):
+            raise ValueError(f"mean_quality has shape {self.mean_quality_.shape}, expected ({len(self.experts_)},)")

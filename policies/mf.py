@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from policies.learned import EmbeddingPolicy
-from policies.neural import TrainConfig, holdout_split, predict_unit, train_masked
+from policies.neural import TrainConfig, holdout_split, load_net_state, net_state, predict_unit, train_masked
 
 
 def _build(d_in: int, n_experts: int, dim: int):
@@ -72,3 +72,15 @@ class MFPolicy(EmbeddingPolicy):
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         return self.from_unit(predict_unit(self.net_, self.embed(prompts)).reshape(len(prompts), -1))
+
+    def _get_state(self):
+        arrays, meta = self._embedding_state()
+        arrays.update(net_state(self.net_))
+        meta.update(d_in=int(self.net_.proj.in_features), train={k: float(v) for k, v in self.train_stats_.items()})
+        return arrays, meta
+
+    def _set_state(self, arrays, meta):
+        self._set_embedding_state(arrays, meta)
+        self.net_ = _build(int(meta["d_in"]), len(self.experts_), self.dim)
+        load_net_state(self.net_, arrays)
+        self.train_stats_ = dict(meta.get("train") or {})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.data import RoutingData
+from policies.progress import report
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def _train(net, X, Y, known, fit_rows, val_rows, cfg: TrainConfig, progress) -> 
         epochs_run = epoch + 1
         if progress is not None:
             progress(epochs_run, cfg.epochs)
+        report("training epochs", epochs_run, cfg.epochs)
         if len(val_t) == 0:
             continue
         net.eval()
@@ -118,3 +120,20 @@ def predict_unit(net, X: np.ndarray, batch: int = 4096) -> np.ndarray:
             xb = torch.as_tensor(X[start : start + batch], dtype=torch.float32)
             outs.append(torch.sigmoid(net(xb)).numpy())
     return np.concatenate(outs) if outs else np.zeros((0, 0))
+
+
+def net_state(net) -> dict[str, np.ndarray]:
+    """A torch module's parameters and buffers as numpy arrays (for artifacts)."""
+    return {f"net.{k}": v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+
+
+def load_net_state(net, arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of ``net_state``; shapes must match the module (else ValueError)."""
+    import torch
+
+    state = {k.removeprefix("net."): torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights do not fit the network: {str(exc).splitlines()[0]}") from None
+    net.eval()

@@ -19,10 +19,16 @@ _POLICIES: dict[str, str] = {
     "knn": "policies.knn:KNNPolicy",
     "mlp": "policies.mlp:MLPPolicy",
     "mf": "policies.mf:MFPolicy",
+    "coe": "policies.coe:ClassifierCoEPolicy",
+    "coe_cluster": "policies.coe:ClusterCoEPolicy",
+    "tryage": "policies.tryage:TryagePolicy",
+    "graphrouter": "policies.graphrouter:GraphRouterPolicy",
 }
 
 # What `expertmux eval` runs when no --policies are given (the baselines every comparison has).
 BASELINES: tuple[str, ...] = ("random", "cheapest", "best_single", "oracle", "knn", "mlp", "mf")
+# The seed policies of the papers (DESIGN.md §4), compared against the baselines.
+SEED_POLICIES: tuple[str, ...] = ("coe", "coe_cluster", "tryage", "graphrouter")
 
 
 def available_policies() -> list[str]:

@@ -6,6 +6,7 @@ request still gets its ledger row.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Literal
 
 import orjson
@@ -39,10 +40,19 @@ class RoutingOptionsIn(BaseModel):
     max_cost_usd: float | None = Field(None, gt=0)
     allowed_experts: list[str] | None = Field(None, min_length=1)
     max_params_b: float | None = Field(None, gt=0)
+    # User-weighted constraints (quality points given up per unit) and hard limits; see RoutingOptions.
+    size_weight: float | None = Field(None, ge=0)
+    latency_weight: float | None = Field(None, ge=0)
+    recency_weight: float | None = Field(None, ge=0)
+    max_latency_s: float | None = Field(None, gt=0)
+    min_release_date: date | None = Field(None, strict=False)
 
     def to_options(self) -> RoutingOptions:
         return RoutingOptions(lambda_=self.lambda_, max_cost_usd=self.max_cost_usd,
-                              allowed_experts=self.allowed_experts, max_params_b=self.max_params_b)
+                              allowed_experts=self.allowed_experts, max_params_b=self.max_params_b,
+                              size_weight=self.size_weight, latency_weight=self.latency_weight,
+                              recency_weight=self.recency_weight, max_latency_s=self.max_latency_s,
+                              min_release_date=self.min_release_date.isoformat() if self.min_release_date else None)
 
 
 class ChatCompletionRequest(BaseModel):

@@ -21,6 +21,7 @@ class ExpertInfo:
     description: str = ""
     tags: tuple[str, ...] = ()
     prior_quality: float | None = None
+    release_date: str | None = None  # ISO date (YYYY-MM-DD), for recency-weighted routing
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
@@ -34,6 +35,13 @@ class RoutingOptions:
     max_cost_usd: float | None = None
     allowed_experts: list[str] | None = None
     max_params_b: float | None = None
+    # User-weighted constraints (Tryage): penalties subtracted from the predicted quality.
+    size_weight: float | None = None  # quality points per 10× parameters
+    latency_weight: float | None = None  # quality points per second of expected latency
+    recency_weight: float | None = None  # quality points per year since the expert's release
+    # Hard limits next to max_cost_usd / max_params_b.
+    max_latency_s: float | None = None
+    min_release_date: str | None = None  # ISO date: only experts released on or after it
 
 
 @dataclass(slots=True)
@@ -44,6 +52,9 @@ class RouteRequest:
     prompt_tokens: int
     max_completion_tokens: int
     options: RoutingOptions = field(default_factory=RoutingOptions)
+    # Expected latency per expert (s), from the service's live measurements when it has them;
+    # latency weights and limits apply only to experts listed here.
+    expected_latency_s: dict[str, float] | None = None
 
 
 @dataclass(slots=True)

@@ -21,4 +21,8 @@ def make_backend(config: ExpertConfig, *, data_dir, api_key: str | None = None) 
         from experts.backends.remote import RemoteBackend
 
         return RemoteBackend(config, api_key=api_key)
+    if config.backend == "r2r":
+        from experts.backends.r2r import R2RBackend
+
+        return R2RBackend(config, data_dir=data_dir, api_key=api_key)
     raise ConfigError(f"expert {config.name!r}: unknown backend {config.backend!r}")

@@ -65,6 +65,7 @@ def save_artifact(directory: Path, weights: dict[str, np.ndarray], manifest: dic
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / WEIGHTS
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(weights_path))
+    weights_path.chmod(0o644)  # an artifact is data to share, not a secret
     full = {
         "policy": POLICY,
         "format_version": FORMAT_VERSION,

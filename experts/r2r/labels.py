@@ -222,16 +222,18 @@ def label_prompt(engine: R2REngine, messages: list[dict], *, cfg: LabelConfig, j
     chosen = sorted(rng.sample(differ, min(cfg.points_per_prompt, len(differ))))
     weight = len(differ) / len(chosen) if chosen else 0.0
     cases = []
+    agrees_up_to = len(ref_bytes)  # how much of the reference the LLM's cache still holds
     for i in chosen:
         p, o = props[i], starts[i]
         k = bisect_right(ref_ends, o)  # the reference token that covers byte o
         a_end = ref_ends[min(k + cfg.judge_tokens, len(ref_ends) - 1)] if ref_ends else 0
         branch = bytearray(ref_bytes[:o])
         if not p.is_eog:
-            llm_t.rewind(o)
+            llm_t.rewind(min(o, agrees_up_to))  # the previous branch left the reference after its own point
             branch += p.piece
             llm_t.sync(bytes(branch))
             _greedy(llm, llm_t, branch, cfg.judge_tokens)
+            agrees_up_to = o
         cases.append((ref_bytes[:o].decode(errors="replace"), ref_bytes[o:a_end].decode(errors="replace"),
                       bytes(branch[o:]).decode(errors="replace")))
     for i, (divergent, reason) in zip(chosen, judge.judge(cases)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -169,7 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-endpoint", default=None, help="remote mode: base URL (…/v1) of the LLM's server")
     p.add_argument("--slm-model", default=None)
     p.add_argument("--llm-model", default=None)
-    p.add_argument("--api-key", default=None, help="remote mode: bearer token for both servers")
+    p.add_argument("--api-key", default=os.environ.get("EXPERTMUX_R2R_API_KEY"),
+                   help="remote mode: bearer token for both servers (default: $EXPERTMUX_R2R_API_KEY)")
     p.add_argument("--remote-chunk", type=int, default=8, help="remote mode: SLM tokens requested per call")
     args = p.parse_args(argv)
     if args.mode == "remote" and not (args.slm_endpoint and args.llm_endpoint):

@@ -16,6 +16,7 @@ for the tokens after its last turn only when it is asked again.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ class TrackStats:
     generated_evaluated: int = 0  # transcript tokens evaluated (own and the other model's)
     retokenized: int = 0  # cached tokens rolled back because the tail re-tokenised differently
     syncs: int = 0
+    prompt_seconds: float = 0.0  # time spent evaluating the prompt
+    eval_seconds: float = 0.0  # time spent evaluating transcript tokens
 
 
 class Track:
@@ -56,11 +59,13 @@ class Track:
 
     def start(self, prompt_ids: list[int]) -> None:
         """Evaluate the prompt, reusing whatever prefix of it the cache still holds."""
+        t0 = time.perf_counter()
         kept = self.lm.reuse_prefix(prompt_ids)
         self.lm.eval(prompt_ids[kept:])
         self.n_prompt = len(prompt_ids)
         self.ids, self.ends = [], []
-        self.stats = TrackStats(prompt_tokens=len(prompt_ids), prompt_evaluated=len(prompt_ids) - kept)
+        self.stats = TrackStats(prompt_tokens=len(prompt_ids), prompt_evaluated=len(prompt_ids) - kept,
+                                prompt_seconds=time.perf_counter() - t0)
         self.started = True
 
     # -- growing the transcript --------------------------------------------------------------------
@@ -91,12 +96,14 @@ class Track:
         return self._flush()
 
     def _flush(self) -> int:
+        t0 = time.perf_counter()
         todo = self.ids[self.n_cached:]
         if todo:
             self.lm.eval(todo)
             self.stats.generated_evaluated += len(todo)
         elif not self.lm.logits_fresh:
             self._refresh_last()
+        self.stats.eval_seconds += time.perf_counter() - t0
         return len(todo)
 
     def _refresh_last(self) -> None:

@@ -1,0 +1,448 @@
+"""GraphRouter: a heterogeneous graph of task, query and LLM nodes; a GNN predicts the attributes
+of query–LLM edges (effect, cost), and LLM nodes built from text descriptors let it score LLMs it
+was never trained on (inductive).
+
+The graph (torch-geometric, ``HeteroConv``):
+
+* query nodes: the query embedding; task nodes: the embedding of the task's description next to
+  the mean embedding of its training queries (categories: task labels, or clusters when the data
+  has none); LLM nodes: the embedding of the model's text descriptor (``descriptors.yaml``, else
+  the expert's configured description) plus log parameters and log prices;
+* edges query ↔ task (a training query to its category; a new query to its top predicted
+  categories, weighted by probability), query ↔ LLM carrying the observed effect and cost
+  (masked to zero where unknown, with an "observed" flag), and task ↔ LLM carrying the LLM's
+  mean effect and cost on the task's training queries (so that two layers carry what a task's
+  queries say about each LLM to a new query of that task).
+
+Messages are conditioned on the edge attributes (``EdgeConditionedConv``: a separate linear map
+of the sender per attribute, so an LLM node gathers *which* queries it answers well, not just how
+often). Two layers, then an MLP on (query, LLM) node pairs predicts the effect (and the
+normalised log cost, an auxiliary target).
+
+Training mimics serving. Each epoch a random share of the training queries become targets: their
+LLM edges are masked and their task edges are the cross-fitted classifier's predictions, as for a
+new query; the loss is on their edges. With probability ``unseen_llm_prob`` one LLM also loses
+every observed edge that epoch, so the model learns to score an LLM from its descriptor alone.
+A grouped hold-out of training queries stops training early.
+
+At serving time the task and LLM node states of the full training graph are computed once and
+cached; a new query only needs its own two layers (sub-millisecond after the embedding).
+``for_experts`` adds LLM nodes for live experts no trained model maps to, from their config
+description, price and size.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from policies.categories import CategoryModel, cross_fitted_proba, fit_categories
+from policies.descriptors import model_descriptor, task_description
+from policies.embeddings import get_encoder
+from policies.learned import EmbeddingPolicy
+from policies.neural import holdout_split, load_net_state, net_state, single_thread
+from policies.progress import report
+from policies.serving import MappedPolicy, check_expert_map
+from router.errors import PolicyError
+from router.types import ExpertInfo
+
+Q, T, L = "query", "task", "llm"
+E_TQ, E_QT, E_LQ, E_QL = (T, "has", Q), (Q, "in", T), (L, "serves", Q), (Q, "rates", L)
+E_LT, E_TL = (L, "scores", T), (T, "scored", L)
+
+
+def llm_numeric(experts: Sequence[ExpertInfo]) -> np.ndarray:
+    """log10 parameters (B) and log10 prices (USD per 1M tokens), with a flag for unknown size."""
+    rows = []
+    for e in experts:
+        size = np.log10(e.params_b) if e.params_b else 0.0
+        rows.append([size / 2.0, float(e.params_b is None), np.log10(1.0 + e.input_usd_per_mtok),
+                     np.log10(1.0 + e.output_usd_per_mtok)])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _build_net(dq: int, dt: int, dl: int, hidden: int, dropout: float = 0.0):
+    import torch
+    from torch_geometric.nn import HeteroConv, MessagePassing
+
+    class EdgeConditionedConv(MessagePassing):
+        """message = W₀·x_j + Σ_k attr_k · W_k·x_j (mean over senders), plus a linear map of the receiver."""
+
+        def __init__(self, dim: int, edge_dim: int) -> None:
+            super().__init__(aggr="mean", node_dim=0)
+            self.k = edge_dim + 1
+            self.dim = dim
+            self.lin_src = torch.nn.Linear(dim, self.k * dim)
+            self.lin_dst = torch.nn.Linear(dim, dim, bias=False)
+
+        def forward(self, x, edge_index, edge_attr):
+            src, dst = x
+            xs = self.lin_src(src).view(-1, self.k, self.dim)
+            out = self.propagate(edge_index, xs=xs, edge_attr=edge_attr, size=(src.shape[0], dst.shape[0]))
+            return out + self.lin_dst(dst)
+
+        def message(self, xs_j, edge_attr):
+            coeff = torch.cat([torch.ones_like(edge_attr[:, :1]), edge_attr], dim=1)
+            return (xs_j * coeff.unsqueeze(-1)).sum(dim=1)
+
+    class WeightedConv(MessagePassing):
+        """message = w · W·x_j, summed: with probabilities as weights, the expected sender state."""
+
+        def __init__(self, dim: int) -> None:
+            super().__init__(aggr="sum", node_dim=0)
+            self.lin_src = torch.nn.Linear(dim, dim)
+            self.lin_dst = torch.nn.Linear(dim, dim, bias=False)
+
+        def forward(self, x, edge_index, edge_attr):
+            src, dst = x
+            out = self.propagate(edge_index, xs=self.lin_src(src), edge_attr=edge_attr, size=(src.shape[0], dst.shape[0]))
+            return out + self.lin_dst(dst)
+
+        def message(self, xs_j, edge_attr):
+            return xs_j * edge_attr[:, :1]
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.ModuleDict({Q: torch.nn.Linear(dq, hidden), T: torch.nn.Linear(dt, hidden),
+                                             L: torch.nn.Linear(dl, hidden)})
+            self.convs = torch.nn.ModuleList([
+                HeteroConv({E_TQ: WeightedConv(hidden), E_QT: EdgeConditionedConv(hidden, 1),
+                            E_LQ: EdgeConditionedConv(hidden, 3), E_QL: EdgeConditionedConv(hidden, 3),
+                            E_LT: EdgeConditionedConv(hidden, 3), E_TL: EdgeConditionedConv(hidden, 3)}, aggr="sum")
+                for _ in range(2)
+            ])
+            self.head = torch.nn.Sequential(torch.nn.Linear(3 * hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+                                            torch.nn.Linear(hidden, 2))
+            self.drop = torch.nn.Dropout(dropout)
+
+        def layers(self, x, edge_index, edge_attr, cached=None):
+            """Node states per layer [h0, h1, h2]; ``cached`` supplies task/LLM states by layer."""
+            h = {k: self.proj[k](self.drop(v) if k == Q else v) for k, v in x.items()}
+            if cached is not None:
+                h = {**cached[0], **h}
+            out = [h]
+            for i, conv in enumerate(self.convs):
+                new = conv(h, edge_index, edge_attr_dict=edge_attr)
+                new = {k: (torch.relu(v) if i == 0 else v) for k, v in new.items()}
+                h = {**(cached[i + 1] if cached is not None else {}), **{k: v for k, v in new.items()
+                                                                        if cached is None or k == Q}}
+                out.append(h)
+            return out
+
+        def score(self, hq, hl):
+            """(n_queries, n_llms, 2): effect logit and normalised log cost for every pair."""
+            n, m = hq.shape[0], hl.shape[0]
+            a = hq.unsqueeze(1).expand(n, m, -1)
+            b = hl.unsqueeze(0).expand(n, m, -1)
+            return self.head(torch.cat([a, b, a * b], dim=-1))
+
+    return Net()
+
+
+class GraphRouterPolicy(EmbeddingPolicy):
+    name = "graphrouter"
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        dropout: float = 0.3,
+        epochs: int = 200,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-2,
+        target_share: float = 0.3,
+        unseen_llm_prob: float = 0.5,
+        top_tasks: int = 3,
+        cost_weight: float = 0.1,
+        patience: int = 20,
+        val_fraction: float = 0.1,
+        categories: str = "auto",
+        n_clusters: int = 16,
+        C: float = 10.0,
+        exclude_models: tuple[str, ...] = (),
+        encoder: str = "minilm",
+        random_state: int = 0,
+    ) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.target_share = target_share
+        self.unseen_llm_prob = unseen_llm_prob
+        self.top_tasks = top_tasks
+        self.cost_weight = cost_weight
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.categories = categories
+        self.n_clusters = n_clusters
+        self.C = C
+        self.exclude_models = exclude_models
+        self.encoder = encoder
+        self.random_state = random_state
+
+    # ---- node features ----------------------------------------------------------------------------
+    def _llm_features(self, experts: Sequence[ExpertInfo]) -> tuple[np.ndarray, list[str]]:
+        texts = [model_descriptor(e) for e in experts]
+        emb = get_encoder(self.encoder).encode(texts)
+        return np.hstack([emb, llm_numeric(experts)]).astype(np.float32), texts
+
+    def _task_features(self, model: CategoryModel) -> np.ndarray:
+        if model.source == "task":
+            desc = get_encoder(self.encoder).encode([task_description(n) for n in model.names])
+        else:
+            desc = model.centroids
+        return np.hstack([desc, model.centroids]).astype(np.float32)
+
+    # ---- fitting ------------------------------------------------------------------------------------
+    def _fit(self, train) -> None:
+        import torch
+
+        names = self.expert_names
+        unknown = sorted(set(self.exclude_models) - set(names))
+        if unknown:
+            raise PolicyError(f"policy 'graphrouter': exclude_models {unknown} are not experts of this fit; experts: {names}")
+        X, Y, known = self._prepare(train)
+        excluded = np.array([n in set(self.exclude_models) for n in names])
+        known = known & ~excluded[None, :]
+        if not known.any():
+            raise PolicyError("policy 'graphrouter': no known outcome left to learn from")
+        costs = train.cost_matrix()
+        self.cost_scale_ = float(np.median(costs[known])) if (costs[known] > 0).any() else 1.0
+        cost_norm = np.log(np.clip(costs / self.cost_scale_, 1e-6, None))
+        stage = "graph neural network"
+        model, y = fit_categories(train, X, mode=self.categories, n_clusters=self.n_clusters, C=self.C, seed=self.random_state)
+        folds = train.grouped_folds(5, seed=self.random_state) if len(train) >= 20 else []
+        oof = cross_fitted_proba(train, X, y, model.n, folds, C=self.C, seed=self.random_state) if folds else np.eye(model.n)[y]
+        self.categories_ = model
+        self.task_x_ = self._task_features(model)
+        self.llm_x_, self.descriptors_ = self._llm_features(self.experts_)
+        self.train_x_, self.train_task_ = X.astype(np.float32), y
+        self.effect_ = np.where(known, Y, np.nan).astype(np.float32)
+        self.cost_norm_ = np.where(known, cost_norm, np.nan).astype(np.float32)
+        self.seen_ = ~excluded
+        fit_rows, val_rows = holdout_split(train, self.val_fraction, self.random_state)
+        torch.manual_seed(self.random_state)
+        self.net_ = _build_net(X.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
+        with single_thread():
+            self.train_stats_ = self._train(oof, fit_rows, val_rows, stage)
+            self._refresh_cache()
+
+    def _train(self, oof: np.ndarray, fit_rows: np.ndarray, val_rows: np.ndarray, stage: str) -> dict[str, float]:
+        import torch
+
+        rng = np.random.default_rng(self.random_state)
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        effect = torch.as_tensor(np.nan_to_num(self.effect_))
+        cost = torch.as_tensor(np.nan_to_num(self.cost_norm_))
+        mask = torch.as_tensor(~np.isnan(self.effect_), dtype=torch.float32)
+        bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+        seen = np.flatnonzero(self.seen_)
+        best, best_state, since, epochs_run = float("inf"), None, 0, 0
+        for epoch in range(self.epochs):
+            targets = fit_rows[rng.random(len(fit_rows)) < self.target_share]
+            unseen = [int(rng.choice(seen))] if len(seen) > 1 and rng.random() < self.unseen_llm_prob else []
+            batch = self._graph(np.r_[targets, val_rows], oof, unseen)
+            self.net_.train()
+            hs = self.net_.layers(*batch)
+            t = torch.as_tensor(np.r_[targets, val_rows])
+            pred = self.net_.score(hs[-1][Q][t], hs[-1][L])
+            n_t = len(targets)
+
+            def loss_of(rows: slice, pred=pred, t=t):
+                p, m = pred[rows], mask[t[rows]]
+                err = bce(p[..., 0], effect[t[rows]]) + self.cost_weight * (p[..., 1] - cost[t[rows]]) ** 2
+                return (err * m).sum() / m.sum().clamp_min(1.0)
+
+            loss = loss_of(slice(0, n_t))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            epochs_run = epoch + 1
+            report(stage, epochs_run, self.epochs)
+            if len(val_rows) == 0:
+                continue
+            with torch.no_grad():
+                val = float(loss_of(slice(n_t, None)))
+            if __import__("os").environ.get("GNN_DEBUG") and epoch % 10 == 0:
+                print(epoch, float(loss.detach()), val)
+            if val < best - 1e-5:
+                best, since = val, 0
+                best_state = copy.deepcopy(self.net_.state_dict())
+            else:
+                since += 1
+                if since >= self.patience:
+                    break
+        if best_state is not None:
+            self.net_.load_state_dict(best_state)
+        self.net_.eval()
+        report(stage, self.epochs, self.epochs)
+        return {"epochs": float(epochs_run), "val_loss": best if best_state is not None else float("nan")}
+
+    def _graph(self, targets: np.ndarray, oof: np.ndarray, unseen: Sequence[int]):
+        """Node features, edges and edge attributes of the training graph (one query node per
+        training row), with the ``targets`` rows masked as new queries and the ``unseen`` LLMs
+        stripped of every observed edge. Returned in the order ``Net.layers`` takes."""
+        import torch
+
+        n, m = self.effect_.shape
+        is_target = np.zeros(n, dtype=bool)
+        is_target[targets] = True
+        msg = np.flatnonzero(~is_target)
+        observed = ~np.isnan(self.effect_)
+        llm_ok = self.seen_.copy()
+        llm_ok[list(unseen)] = False
+        # query -> task (messages only from message queries, to their own category)
+        qt_src, qt_dst = msg, self.train_task_[msg]
+        # task -> query: message queries from their category; targets from top predicted ones
+        tq_dst, tq_dst_t, tq_attr = [msg], [self.train_task_[msg]], [np.ones(len(msg))]
+        if len(targets):
+            k = min(self.top_tasks, oof.shape[1])
+            top = np.argsort(-oof[targets], axis=1)[:, :k]
+            tq_dst.append(np.repeat(targets, k))
+            tq_dst_t.append(top.ravel())
+            tq_attr.append(np.take_along_axis(oof[targets], top, axis=1).ravel())
+        tq_q, tq_t, tq_a = np.concatenate(tq_dst), np.concatenate(tq_dst_t), np.concatenate(tq_attr)
+        # query <-> llm: observed attributes from message queries to seen LLMs, zeros otherwise
+        obs = observed & ~is_target[:, None] & llm_ok[None, :]
+        ql_q, ql_l = np.nonzero(obs)
+        ql_attr = np.stack([self.effect_[ql_q, ql_l], self.cost_norm_[ql_q, ql_l], np.ones(len(ql_q))], axis=1)
+        lq_q, lq_l = np.divmod(np.arange(n * m), m)
+        lq_attr = np.zeros((n * m, 3), dtype=np.float32)
+        o = obs[lq_q, lq_l]
+        lq_attr[o] = np.stack([self.effect_[lq_q[o], lq_l[o]], self.cost_norm_[lq_q[o], lq_l[o]], np.ones(o.sum())], axis=1)
+
+        # task <-> llm: the LLM's mean effect and cost over the task's message queries
+        k = self.task_x_.shape[0]
+        onehot = np.zeros((n, k), dtype=np.float32)
+        onehot[msg, self.train_task_[msg]] = 1.0
+        cnt = onehot.T @ obs.astype(np.float32)
+        mean_eff = (onehot.T @ np.where(obs, self.effect_, 0.0)) / np.maximum(cnt, 1.0)
+        mean_cost = (onehot.T @ np.where(obs, self.cost_norm_, 0.0)) / np.maximum(cnt, 1.0)
+        lt_t, lt_l = np.divmod(np.arange(k * m), m)
+        has = (cnt > 0).astype(np.float32)
+        lt_attr = np.stack([mean_eff[lt_t, lt_l], mean_cost[lt_t, lt_l], has[lt_t, lt_l]], axis=1)
+
+        def ei(a, b):
+            return torch.as_tensor(np.stack([a, b]).astype(np.int64))
+
+        def fa(a):
+            return torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+
+        x = {Q: torch.as_tensor(self.train_x_ * (0.0 if __import__("os").environ.get("GNN_NOQ") else 1.0)), T: torch.as_tensor(self.task_x_), L: torch.as_tensor(self.llm_x_)}
+        edges = {E_QT: ei(qt_src, qt_dst), E_TQ: ei(tq_t, tq_q), E_QL: ei(ql_q, ql_l), E_LQ: ei(lq_l, lq_q),
+                 E_LT: ei(lt_l, lt_t), E_TL: ei(lt_t, lt_l)}
+        attrs = {E_QT: fa(np.ones(len(qt_src))), E_TQ: fa(tq_a), E_QL: fa(ql_attr), E_LQ: fa(lq_attr),
+                 E_LT: fa(lt_attr), E_TL: fa(lt_attr)}
+        return x, edges, attrs
+
+    def _refresh_cache(self) -> None:
+        """Task and LLM node states of the full training graph (every query a message query)."""
+        import torch
+
+        with torch.no_grad(), single_thread():
+            self.net_.eval()
+            hs = self.net_.layers(*self._graph(np.zeros(0, dtype=np.int64), np.zeros((0, self.categories_.n)), []))
+            self.cache_ = [{T: h[T].detach(), L: h[L].detach()} for h in hs]
+
+    # ---- prediction -----------------------------------------------------------------------------
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        self._check_fitted()
+        out = self._predict(self.embed(prompts))
+        return self.from_unit(out)
+
+    def _predict(self, X: np.ndarray, batch: int = 2048) -> np.ndarray:
+        import torch
+
+        m = self.llm_x_.shape[0]
+        outs = []
+        with torch.no_grad(), single_thread():
+            for start in range(0, len(X), batch):
+                xb = X[start : start + batch]
+                n = len(xb)
+                proba = self.categories_.proba(xb)
+                k = min(self.top_tasks, proba.shape[1])
+                top = np.argsort(-proba, axis=1)[:, :k]
+                tq_q = np.repeat(np.arange(n), k)
+                edges = {E_TQ: torch.as_tensor(np.stack([top.ravel(), tq_q]).astype(np.int64)),
+                         E_LQ: torch.as_tensor(np.stack([np.tile(np.arange(m), n), np.repeat(np.arange(n), m)]).astype(np.int64))}
+                attrs = {E_TQ: torch.as_tensor(np.take_along_axis(proba, top, axis=1).reshape(-1, 1).astype(np.float32)),
+                         E_LQ: torch.zeros((n * m, 3))}
+                hs = self.net_.layers({Q: torch.as_tensor(np.asarray(xb, dtype=np.float32) * (0.0 if __import__("os").environ.get("GNN_NOQ") else 1.0))}, edges, attrs, cached=self.cache_)
+                pred = self.net_.score(hs[-1][Q], self.cache_[-1][L])
+                outs.append(torch.sigmoid(pred[..., 0]).numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, m))
+
+    # ---- serving experts it was not trained on ---------------------------------------------------
+    def for_experts(self, experts: Sequence[ExpertInfo], expert_map: Mapping[str, str]) -> MappedPolicy:
+        """Live experts: mapped ones use their trained model's node; every other expert gets a new
+        LLM node from its config description, price and size (scored from the descriptor alone)."""
+        self._check_fitted()
+        expert_map = dict(expert_map or {})
+        if expert_map:
+            check_expert_map(expert_map, self.expert_names, experts, policy=self.name)
+        mapped = set(expert_map.values())
+        unmapped = [e for e in experts if e.name not in mapped]
+        trained = set(self.expert_names)
+        # a new node is named after its expert; "@live" keeps it apart from a trained model of that name
+        nodes = [e if e.name not in trained else replace(e, name=f"{e.name}@live") for e in unmapped]
+        policy = self.with_new_llms(nodes)
+        full_map = {**expert_map, **{node.name: e.name for node, e in zip(nodes, unmapped)}}
+        return MappedPolicy(policy, experts, full_map)
+
+    def with_new_llms(self, new: Sequence[ExpertInfo]) -> GraphRouterPolicy:
+        """A copy with extra LLM nodes (no observed edges), scored from their descriptors."""
+        self._check_fitted()
+        policy = copy.copy(self)
+        if not new:
+            return policy
+        feats, texts = self._llm_features(new)
+        policy.experts_ = [*self.experts_, *new]
+        policy.llm_x_ = np.vstack([self.llm_x_, feats])
+        policy.descriptors_ = [*self.descriptors_, *texts]
+        n = len(self.train_x_)
+        policy.effect_ = np.hstack([self.effect_, np.full((n, len(new)), np.nan, dtype=np.float32)])
+        policy.cost_norm_ = np.hstack([self.cost_norm_, np.full((n, len(new)), np.nan, dtype=np.float32)])
+        policy.seen_ = np.r_[self.seen_, np.zeros(len(new), dtype=bool)]
+        policy.mean_quality_ = np.r_[self.mean_quality_, np.full(len(new), float(np.mean(self.mean_quality_)))]
+        from policies.costs import CostModel
+
+        fresh = CostModel.from_prices(new)
+        policy.cost_model_ = CostModel(self.cost_model_.kind, np.r_[self.cost_model_.intercept, fresh.intercept],
+                                       np.r_[self.cost_model_.slope, fresh.slope])
+        policy._refresh_cache()
+        return policy
+
+    # ---- artifacts ------------------------------------------------------------------------------
+    def _get_state(self):
+        arrays, meta = self._embedding_state()
+        cat_arrays, cat_meta = self.categories_.state()
+        arrays.update(cat_arrays, net_state(self.net_), task_x=self.task_x_, llm_x=self.llm_x_, train_x=self.train_x_,
+                      train_task=self.train_task_, effect=self.effect_, cost_norm=self.cost_norm_, seen=self.seen_)
+        meta.update(categories=cat_meta, descriptors=list(self.descriptors_), cost_scale=self.cost_scale_,
+                    train={k: float(v) for k, v in self.train_stats_.items()})
+        return arrays, meta
+
+    def _set_state(self, arrays, meta):
+        self._set_embedding_state(arrays, meta)
+        self.categories_ = CategoryModel.from_state(arrays, meta["categories"])
+        self.task_x_ = np.asarray(arrays["task_x"], dtype=np.float32)
+        self.llm_x_ = np.asarray(arrays["llm_x"], dtype=np.float32)
+        self.train_x_ = np.asarray(arrays["train_x"], dtype=np.float32)
+        self.train_task_ = np.asarray(arrays["train_task"], dtype=np.int64)
+        self.effect_ = np.asarray(arrays["effect"], dtype=np.float32)
+        self.cost_norm_ = np.asarray(arrays["cost_norm"], dtype=np.float32)
+        self.seen_ = np.asarray(arrays["seen"], dtype=bool)
+        m = len(self.experts_)
+        if self.llm_x_.shape[0] != m or self.effect_.shape != (len(self.train_x_), m):
+            raise ValueError(f"graph has {self.llm_x_.shape[0]} LLM nodes and outcomes {self.effect_.shape}; expected {m} experts")
+        self.descriptors_ = list(meta["descriptors"])
+        self.cost_scale_ = float(meta["cost_scale"])
+        self.train_stats_ = dict(meta.get("train") or {})
+        self.net_ = _build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
+        load_net_state(self.net_, arrays)
+        self._refresh_cache()
+
