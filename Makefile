@@ -132,3 +132,31 @@ bench-r2r: install
 	$(BIN)/python -m benchmarks.r2r --json $(BENCH_OUT)/r2r.json --markdown $(BENCH_OUT)/r2r.md
 
 .PHONY: bench-r2r
+
+# --- seed policies: artifacts, evaluation, decision latency ------------------------------------
+# Artifacts of the learned policies for the embedded default (config/expertmux.yaml serves them),
+# trained on the shared llmrouter matrix: a few minutes in all, GraphRouter the longest. Weights
+# stay in var/ (kNN's alone is 7.6 MB); retrained when the matrix changes.
+POLICIES_OUT ?= var/policies
+LEARNED_POLICIES := knn mlp mf coe tryage graphrouter
+
+$(POLICIES_OUT)/%/.trained: $(SHARED_DATA)/llmrouter/matrix.parquet | install
+	$(BIN)/expertmux train $* --data $(SHARED_DATA)/llmrouter --out $(POLICIES_OUT)/$*
+	touch $@
+
+policies: $(foreach p,$(LEARNED_POLICIES),$(POLICIES_OUT)/$(p)/.trained)
+
+# The baselines and the seed policies on both shared sets, and GraphRouter on LLMs it never saw.
+eval-seed: install
+	$(call EVAL_RUN,llmrouter,test) --policies seed
+	$(call EVAL_RUN,routerdc,test) --policies seed
+	$(call EVAL_RUN,routerdc,ood_test) --policies seed
+	$(BIN)/python -m benchmarks.graphrouter_inductive --data $(SHARED_DATA)/llmrouter \
+		--json $(EVAL_OUT)/graphrouter-inductive.json --markdown $(EVAL_OUT)/graphrouter-inductive.md
+
+# Decision latency with the embedding (single request p50/p90/p99, batched decisions/s).
+bench-decisions: policies
+	$(BIN)/python -m benchmarks.decision_latency --artifacts $(POLICIES_OUT) --data $(SHARED_DATA)/llmrouter \
+		--json $(BENCH_OUT)/decision_latency.json --markdown $(BENCH_OUT)/decision_latency.md
+
+.PHONY: policies eval-seed bench-decisions

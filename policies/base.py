@@ -309,7 +309,9 @@ class Policy(ABC):
         """Rebuild a fitted policy from ``artifact_state`` output (and its hyperparameters)."""
         from policies.costs import CostModel
 
-        policy = cls(**dict(params))
+        defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
+        params = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v for k, v in params.items()}
+        policy = cls(**params)
         experts = []
         for e in meta["experts"]:
             e = dict(e)
@@ -360,7 +362,7 @@ def _years_behind_newest(experts: Sequence[ExpertInfo]) -> np.ndarray:
     arr = np.array(days, dtype=float)
     if np.isnan(arr).all():
         return np.zeros(len(experts))
-    return (np.nanmax(arr) - arr) / 365.25
+    return _neutral((np.nanmax(arr) - arr) / 365.25)
 
 
 def constraint_penalties(request: RouteRequest, experts: Sequence[ExpertInfo], latency: np.ndarray) -> np.ndarray:

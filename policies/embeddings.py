@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import os
 import re
 import zlib
@@ -99,9 +100,12 @@ class MiniLMBackend:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        from policies.neural import single_thread
+
         model = self._load()
-        vecs = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+        with single_thread():  # one thread: a second one only contends on a shared 2-core machine
+            vecs = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vecs, dtype=np.float32)
 
 
@@ -121,6 +125,7 @@ class Encoder:
 
     chunk = 256  # texts per backend call (progress granularity)
     shard_size = 8192  # texts per cache file
+    max_memory = 200_000  # vectors kept in memory (~300 MB at 384-d); the oldest go first
 
     def __init__(self, backend, *, cache_dir: Path | None = None) -> None:
         self.backend = backend
@@ -160,11 +165,13 @@ class Encoder:
                 seen[k] = t
         return list(seen.values())
 
-    def warm(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> int:
+    def warm(self, texts: Sequence[str], *, progress: ProgressFn | None = None, trim: bool = True) -> int:
         """Encode the texts not cached yet and persist them as one shard; returns how many."""
         todo = self.missing(texts)
         if not todo:
             return 0
+        if trim:
+            self._trim()
         todo.sort(key=len)  # similar lengths per batch: less padding
         keys: list[bytes] = []
         vecs: list[np.ndarray] = []
@@ -198,10 +205,24 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         """Vectors for ``texts`` (n × dim), encoding and persisting only cache misses."""
-        self.warm(texts, progress=progress)
+        self.warm(texts, progress=progress, trim=False)
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memory[text_key(t)] for t in texts])
+        out = np.stack([self._memory[text_key(t)] for t in texts])
+        self._trim()
+        return out
+
+    def forget(self) -> None:
+        """Drop the in-memory vectors (the disk cache stays); e.g. to time encoding again."""
+        self._memory.clear()
+        self._loaded = self.cache_dir is None
+
+    def _trim(self) -> None:
+        """Bound the memory cache (a long-running service sees endless new prompts)."""
+        excess = len(self._memory) - self.max_memory
+        if excess > 0:
+            for key in list(itertools.islice(self._memory, excess)):
+                del self._memory[key]
 
 
 _ENCODERS: dict[str, Encoder] = {}

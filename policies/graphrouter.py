@@ -4,10 +4,12 @@ was never trained on (inductive).
 
 The graph (torch-geometric, ``HeteroConv``):
 
-* query nodes: the query embedding; task nodes: the embedding of the task's description next to
-  the mean embedding of its training queries (categories: task labels, or clusters when the data
-  has none); LLM nodes: the embedding of the model's text descriptor (``descriptors.yaml``, else
-  the expert's configured description) plus log parameters and log prices;
+* query nodes: the query embedding, projected on its ``query_dim`` principal directions (with the
+  full 384 dimensions the network memorised training queries); task nodes: the embedding of the
+  task's description next to the mean embedding of its training queries (categories: task
+  labels, or clusters when the data has none); LLM nodes: the embedding of the model's text
+  descriptor (``descriptors.yaml``, else the expert's configured description) plus log
+  parameters and log prices;
 * edges query ↔ task (a training query to its category; a new query to its top predicted
   categories, weighted by probability), query ↔ LLM carrying the observed effect and cost
   (masked to zero where unknown, with an "observed" flag), and task ↔ LLM carrying the LLM's
@@ -23,7 +25,9 @@ Training mimics serving. Each epoch a random share of the training queries becom
 LLM edges are masked and their task edges are the cross-fitted classifier's predictions, as for a
 new query; the loss is on their edges. With probability ``unseen_llm_prob`` one LLM also loses
 every observed edge that epoch, so the model learns to score an LLM from its descriptor alone.
-A grouped hold-out of training queries stops training early.
+An LLM without observations sends no messages, so adding one never changes the others' scores.
+Each epoch only a share of the other queries sends messages (neighbour sampling: faster, and less
+memorisation). A grouped hold-out of training queries stops training early.
 
 At serving time the task and LLM node states of the full training graph are computed once and
 cached; a new query only needs its own two layers (sub-millisecond after the embedding).
@@ -149,15 +153,17 @@ class GraphRouterPolicy(EmbeddingPolicy):
     def __init__(
         self,
         hidden: int = 64,
+        query_dim: int = 8,
         dropout: float = 0.3,
-        epochs: int = 200,
-        lr: float = 3e-3,
+        epochs: int = 400,
+        lr: float = 5e-3,
         weight_decay: float = 1e-2,
         target_share: float = 0.3,
+        message_share: float = 0.5,
         unseen_llm_prob: float = 0.5,
         top_tasks: int = 3,
         cost_weight: float = 0.1,
-        patience: int = 20,
+        patience: int = 60,
         val_fraction: float = 0.1,
         categories: str = "auto",
         n_clusters: int = 16,
@@ -167,11 +173,13 @@ class GraphRouterPolicy(EmbeddingPolicy):
         random_state: int = 0,
     ) -> None:
         self.hidden = hidden
+        self.query_dim = query_dim
         self.dropout = dropout
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
         self.target_share = target_share
+        self.message_share = message_share
         self.unseen_llm_prob = unseen_llm_prob
         self.top_tasks = top_tasks
         self.cost_weight = cost_weight
@@ -185,6 +193,22 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.random_state = random_state
 
     # ---- node features ----------------------------------------------------------------------------
+    def _fit_query_basis(self, X: np.ndarray) -> None:
+        """Principal directions of the training embeddings: query nodes get ``query_dim`` of them
+        (the full 384-d embedding lets the network memorise training queries)."""
+        self.query_mean_ = X.mean(axis=0).astype(np.float32)
+        k = int(min(self.query_dim, X.shape[1], len(X)))
+        if k <= 0:
+            self.query_basis_ = np.zeros((X.shape[1], 0), dtype=np.float32)
+            return
+        _, _, vt = np.linalg.svd(X - self.query_mean_, full_matrices=False)
+        self.query_basis_ = vt[:k].T.astype(np.float32)
+
+    def _query_features(self, X: np.ndarray) -> np.ndarray:
+        if self.query_basis_.shape[1] == 0:
+            return np.ones((len(X), 1), dtype=np.float32)
+        return ((np.asarray(X, dtype=np.float32) - self.query_mean_) @ self.query_basis_).astype(np.float32)
+
     def _llm_features(self, experts: Sequence[ExpertInfo]) -> tuple[np.ndarray, list[str]]:
         texts = [model_descriptor(e) for e in experts]
         emb = get_encoder(self.encoder).encode(texts)
@@ -220,13 +244,14 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.categories_ = model
         self.task_x_ = self._task_features(model)
         self.llm_x_, self.descriptors_ = self._llm_features(self.experts_)
-        self.train_x_, self.train_task_ = X.astype(np.float32), y
+        self._fit_query_basis(X)
+        self.train_x_, self.train_task_ = self._query_features(X), y
         self.effect_ = np.where(known, Y, np.nan).astype(np.float32)
         self.cost_norm_ = np.where(known, cost_norm, np.nan).astype(np.float32)
         self.seen_ = ~excluded
         fit_rows, val_rows = holdout_split(train, self.val_fraction, self.random_state)
         torch.manual_seed(self.random_state)
-        self.net_ = _build_net(X.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
+        self.net_ = _build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
         with single_thread():
             self.train_stats_ = self._train(oof, fit_rows, val_rows, stage)
             self._refresh_cache()
@@ -243,9 +268,12 @@ class GraphRouterPolicy(EmbeddingPolicy):
         seen = np.flatnonzero(self.seen_)
         best, best_state, since, epochs_run = float("inf"), None, 0, 0
         for epoch in range(self.epochs):
-            targets = fit_rows[rng.random(len(fit_rows)) < self.target_share]
+            draw = rng.random(len(fit_rows))
+            targets = fit_rows[draw < self.target_share]
+            # a random share of the other queries sends messages this epoch (neighbour sampling)
+            dropped = fit_rows[draw >= self.target_share + (1 - self.target_share) * self.message_share]
             unseen = [int(rng.choice(seen))] if len(seen) > 1 and rng.random() < self.unseen_llm_prob else []
-            batch = self._graph(np.r_[targets, val_rows], oof, unseen)
+            batch = self._graph(np.r_[targets, val_rows], oof, unseen, dropped)
             self.net_.train()
             hs = self.net_.layers(*batch)
             t = torch.as_tensor(np.r_[targets, val_rows])
@@ -267,8 +295,6 @@ class GraphRouterPolicy(EmbeddingPolicy):
                 continue
             with torch.no_grad():
                 val = float(loss_of(slice(n_t, None)))
-            if __import__("os").environ.get("GNN_DEBUG") and epoch % 10 == 0:
-                print(epoch, float(loss.detach()), val)
             if val < best - 1e-5:
                 best, since = val, 0
                 best_state = copy.deepcopy(self.net_.state_dict())
@@ -279,10 +305,10 @@ class GraphRouterPolicy(EmbeddingPolicy):
         if best_state is not None:
             self.net_.load_state_dict(best_state)
         self.net_.eval()
-        report(stage, self.epochs, self.epochs)
+        report(stage, epochs_run, epochs_run)
         return {"epochs": float(epochs_run), "val_loss": best if best_state is not None else float("nan")}
 
-    def _graph(self, targets: np.ndarray, oof: np.ndarray, unseen: Sequence[int]):
+    def _graph(self, targets: np.ndarray, oof: np.ndarray, unseen: Sequence[int], dropped: np.ndarray | None = None):
         """Node features, edges and edge attributes of the training graph (one query node per
         training row), with the ``targets`` rows masked as new queries and the ``unseen`` LLMs
         stripped of every observed edge. Returned in the order ``Net.layers`` takes."""
@@ -291,7 +317,10 @@ class GraphRouterPolicy(EmbeddingPolicy):
         n, m = self.effect_.shape
         is_target = np.zeros(n, dtype=bool)
         is_target[targets] = True
-        msg = np.flatnonzero(~is_target)
+        silent = is_target.copy()
+        if dropped is not None:
+            silent[dropped] = True
+        msg = np.flatnonzero(~silent)
         observed = ~np.isnan(self.effect_)
         llm_ok = self.seen_.copy()
         llm_ok[list(unseen)] = False
@@ -307,11 +336,15 @@ class GraphRouterPolicy(EmbeddingPolicy):
             tq_attr.append(np.take_along_axis(oof[targets], top, axis=1).ravel())
         tq_q, tq_t, tq_a = np.concatenate(tq_dst), np.concatenate(tq_dst_t), np.concatenate(tq_attr)
         # query <-> llm: observed attributes from message queries to seen LLMs, zeros otherwise
-        obs = observed & ~is_target[:, None] & llm_ok[None, :]
+        obs = observed & ~silent[:, None] & llm_ok[None, :]
         ql_q, ql_l = np.nonzero(obs)
         ql_attr = np.stack([self.effect_[ql_q, ql_l], self.cost_norm_[ql_q, ql_l], np.ones(len(ql_q))], axis=1)
-        lq_q, lq_l = np.divmod(np.arange(n * m), m)
-        lq_attr = np.zeros((n * m, 3), dtype=np.float32)
+        # An LLM without observations (held out this epoch, excluded, or added for serving) sends
+        # no messages: a new LLM node never changes the scores of the others.
+        senders = np.flatnonzero(llm_ok)
+        active = np.r_[msg, np.flatnonzero(is_target)]  # queries that take part this time
+        lq_q, lq_l = active.repeat(len(senders)), np.tile(senders, len(active))
+        lq_attr = np.zeros((len(lq_q), 3), dtype=np.float32)
         o = obs[lq_q, lq_l]
         lq_attr[o] = np.stack([self.effect_[lq_q[o], lq_l[o]], self.cost_norm_[lq_q[o], lq_l[o]], np.ones(o.sum())], axis=1)
 
@@ -325,6 +358,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
         lt_t, lt_l = np.divmod(np.arange(k * m), m)
         has = (cnt > 0).astype(np.float32)
         lt_attr = np.stack([mean_eff[lt_t, lt_l], mean_cost[lt_t, lt_l], has[lt_t, lt_l]], axis=1)
+        lt_send = llm_ok[lt_l]  # task -> llm edges reach every LLM; llm -> task only from senders
 
         def ei(a, b):
             return torch.as_tensor(np.stack([a, b]).astype(np.int64))
@@ -332,11 +366,11 @@ class GraphRouterPolicy(EmbeddingPolicy):
         def fa(a):
             return torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
 
-        x = {Q: torch.as_tensor(self.train_x_ * (0.0 if __import__("os").environ.get("GNN_NOQ") else 1.0)), T: torch.as_tensor(self.task_x_), L: torch.as_tensor(self.llm_x_)}
+        x = {Q: torch.as_tensor(self.train_x_), T: torch.as_tensor(self.task_x_), L: torch.as_tensor(self.llm_x_)}
         edges = {E_QT: ei(qt_src, qt_dst), E_TQ: ei(tq_t, tq_q), E_QL: ei(ql_q, ql_l), E_LQ: ei(lq_l, lq_q),
-                 E_LT: ei(lt_l, lt_t), E_TL: ei(lt_t, lt_l)}
+                 E_LT: ei(lt_l[lt_send], lt_t[lt_send]), E_TL: ei(lt_t, lt_l)}
         attrs = {E_QT: fa(np.ones(len(qt_src))), E_TQ: fa(tq_a), E_QL: fa(ql_attr), E_LQ: fa(lq_attr),
-                 E_LT: fa(lt_attr), E_TL: fa(lt_attr)}
+                 E_LT: fa(lt_attr[lt_send]), E_TL: fa(lt_attr)}
         return x, edges, attrs
 
     def _refresh_cache(self) -> None:
@@ -367,11 +401,12 @@ class GraphRouterPolicy(EmbeddingPolicy):
                 k = min(self.top_tasks, proba.shape[1])
                 top = np.argsort(-proba, axis=1)[:, :k]
                 tq_q = np.repeat(np.arange(n), k)
+                senders = np.flatnonzero(self.seen_)
                 edges = {E_TQ: torch.as_tensor(np.stack([top.ravel(), tq_q]).astype(np.int64)),
-                         E_LQ: torch.as_tensor(np.stack([np.tile(np.arange(m), n), np.repeat(np.arange(n), m)]).astype(np.int64))}
+                         E_LQ: torch.as_tensor(np.stack([np.tile(senders, n), np.repeat(np.arange(n), len(senders))]).astype(np.int64))}
                 attrs = {E_TQ: torch.as_tensor(np.take_along_axis(proba, top, axis=1).reshape(-1, 1).astype(np.float32)),
-                         E_LQ: torch.zeros((n * m, 3))}
-                hs = self.net_.layers({Q: torch.as_tensor(np.asarray(xb, dtype=np.float32) * (0.0 if __import__("os").environ.get("GNN_NOQ") else 1.0))}, edges, attrs, cached=self.cache_)
+                         E_LQ: torch.zeros((n * len(senders), 3))}
+                hs = self.net_.layers({Q: torch.as_tensor(self._query_features(xb))}, edges, attrs, cached=self.cache_)
                 pred = self.net_.score(hs[-1][Q], self.cache_[-1][L])
                 outs.append(torch.sigmoid(pred[..., 0]).numpy())
         return np.concatenate(outs) if outs else np.zeros((0, m))
@@ -420,8 +455,10 @@ class GraphRouterPolicy(EmbeddingPolicy):
     def _get_state(self):
         arrays, meta = self._embedding_state()
         cat_arrays, cat_meta = self.categories_.state()
-        arrays.update(cat_arrays, net_state(self.net_), task_x=self.task_x_, llm_x=self.llm_x_, train_x=self.train_x_,
-                      train_task=self.train_task_, effect=self.effect_, cost_norm=self.cost_norm_, seen=self.seen_)
+        arrays.update(net_state(self.net_))
+        arrays.update(cat_arrays, task_x=self.task_x_, llm_x=self.llm_x_, train_x=self.train_x_,
+                      query_mean=self.query_mean_, query_basis=self.query_basis_, train_task=self.train_task_,
+                      effect=self.effect_, cost_norm=self.cost_norm_, seen=self.seen_)
         meta.update(categories=cat_meta, descriptors=list(self.descriptors_), cost_scale=self.cost_scale_,
                     train={k: float(v) for k, v in self.train_stats_.items()})
         return arrays, meta
@@ -432,6 +469,8 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.task_x_ = np.asarray(arrays["task_x"], dtype=np.float32)
         self.llm_x_ = np.asarray(arrays["llm_x"], dtype=np.float32)
         self.train_x_ = np.asarray(arrays["train_x"], dtype=np.float32)
+        self.query_mean_ = np.asarray(arrays["query_mean"], dtype=np.float32)
+        self.query_basis_ = np.asarray(arrays["query_basis"], dtype=np.float32)
         self.train_task_ = np.asarray(arrays["train_task"], dtype=np.int64)
         self.effect_ = np.asarray(arrays["effect"], dtype=np.float32)
         self.cost_norm_ = np.asarray(arrays["cost_norm"], dtype=np.float32)

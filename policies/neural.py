@@ -30,16 +30,29 @@ class TrainConfig:
 
 @contextmanager
 def single_thread():
-    """Run torch on one thread: these nets are tiny, and on a busy 2-core machine a second
-    thread made training epochs ~50× slower (threads spin waiting for each other)."""
+    """Run torch (and numpy's BLAS) on one thread: these models are small, and on a busy 2-core
+    machine a second thread made training epochs ~50× slower and a single-query MiniLM encoding
+    ~20× slower (threads spin waiting for each other)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with _blas_single_thread():
+            yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def _blas_single_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its own setting
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def holdout_split(train: RoutingData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +120,7 @@ def _train(net, X, Y, known, fit_rows, val_rows, cfg: TrainConfig, progress) -> 
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
+    report("training epochs", epochs_run, epochs_run)  # stopped early: the bar ends where training did
     return {"epochs": float(epochs_run), "val_loss": best if best_state is not None else float("nan")}
 
 

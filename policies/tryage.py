@@ -33,6 +33,7 @@ import numpy as np
 
 from policies.categories import CategoryModel, cross_fitted_proba, fit_categories, softmax
 from policies.learned import EmbeddingPolicy
+from policies.neural import single_thread
 from policies.progress import report
 
 
@@ -63,6 +64,10 @@ class TryagePolicy(EmbeddingPolicy):
 
     # ---- fitting --------------------------------------------------------------------------------
     def _fit(self, train) -> None:
+        with single_thread():
+            self._fit_heads_and_classifier(train)
+
+    def _fit_heads_and_classifier(self, train) -> None:
         X, _, known = self._prepare(train)
         scores = np.where(known, train.scores, np.nan)
         stage = "perceptive model"
@@ -179,11 +184,25 @@ def _fit_heads(X: np.ndarray, scores: np.ndarray, y: np.ndarray, k: int, alphas:
                 continue
             Xm, Ym = Xc[mask], Sc[mask][:, cols]
             xm, ym = Xm.mean(axis=0), Ym.mean(axis=0)
-            Xz = Xm - xm
-            s, V = np.linalg.eigh(Xz.T @ Xz)
-            proj = V.T @ (Xz.T @ (Ym - ym))
-            for ai, a in enumerate(alphas):
-                w = V @ (proj / (np.clip(s, 0.0, None) + a)[:, None])
+            for ai, w in enumerate(_ridge_path(Xm - xm, Ym - ym, alphas)):
                 W[ai, c][:, cols] = w
                 b[ai, c, cols] = ym - xm @ w
     return W, b
+
+
+def _ridge_path(Xz: np.ndarray, Yz: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
+    """Ridge weights (d × m) of centred data for every alpha, from one eigendecomposition of the
+    smaller of the Gram matrices (d × d, or n × n when a category has fewer rows than dimensions)."""
+    n, d = Xz.shape
+    out = []
+    if n < d:
+        s, U = np.linalg.eigh(Xz @ Xz.T)
+        proj = U.T @ Yz
+        for a in alphas:
+            out.append(Xz.T @ (U @ (proj / (np.clip(s, 0.0, None) + a)[:, None])))
+    else:
+        s, V = np.linalg.eigh(Xz.T @ Xz)
+        proj = V.T @ (Xz.T @ Yz)
+        for a in alphas:
+            out.append(V @ (proj / (np.clip(s, 0.0, None) + a)[:, None]))
+    return out

@@ -329,3 +329,30 @@ def evaluate(data: RoutingData, policies: Sequence[str], cfg: EvalConfig | None 
                                "quality_strong": _clean(scores[both, pair[0]].mean()),
                                "quality_weak": _clean(scores[both, pair[1]].mean())}
     return report
+
+
+# ---- one fitted policy on one split (artifact manifests, quick checks) ----------------------------
+def evaluate_fitted(policy, train: RoutingData, ev: RoutingData, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """Headline metrics of an already fitted policy on ``ev`` (rows with a known outcome), with
+    the λ grid scaled on ``train`` as ``evaluate`` does."""
+    cfg = cfg or EvalConfig()
+    ev = ev.subset(ev.known.any(axis=1))
+    if not len(ev):
+        raise PolicyError("no evaluation row has a known outcome")
+    lambdas = lambda_grid(train, cfg)
+    ref = references(ev)
+    scores, costs = ev.scores, ev.cost_matrix()
+    choices = policy.decide_many(ev.prompts, lambdas, candidates=ev.known)
+    pc, pq = _operating_points(choices, scores, costs)
+    c_best, q_best = ref["best_single"]["cost"], ref["best_single"]["quality"]
+    qabc = M.quality_at_best_cost(pc, pq, c_best)
+    return {
+        "n_queries": int(len(ev)),
+        "aiq": _clean(float(pq.max()) if not train.has_costs else M.aiq(pc, pq, ref["c_max"])),
+        "quality_at_best_cost": _clean(qabc),
+        "cost_to_best_quality": _clean(M.cost_to_best_quality(pc, pq, q_best, c_best)),
+        "gap_closed": _clean(M.gap_closed(qabc, q_best, ref["oracle"]["quality"])),
+        "quality_max": _clean(pq.max()),
+        "best_single": ref["best_single"],
+        "oracle_quality": _clean(ref["oracle"]["quality"]),
+    }

@@ -31,7 +31,8 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
 @app.command("eval")
 def eval_command(
     data: Path = typer.Option(..., "--data", "-d", help="routing-matrix folder (matrix.parquet + models.json)"),
-    policies: str = typer.Option(None, "--policies", "-p", help="comma-separated policy names (default: all baselines)"),
+    policies: str = typer.Option(None, "--policies", "-p", help="comma-separated policy names (default: all baselines; "
+                                 "'seed': the baselines and the seed policies)"),
     split: str = typer.Option("test", "--split", "-s", help="evaluation split (train always trains)"),
     json_out: Path = typer.Option(None, "--json", help="write the full report as JSON here"),
     plot_out: Path = typer.Option(None, "--plot", help="write the cost–quality plot (PNG) here"),
@@ -51,10 +52,12 @@ def eval_command(
     from policies.embeddings import configure_encoders
     from policies.evaluation.harness import EvalConfig, Hooks, evaluate
     from policies.evaluation.report import markdown, print_report
-    from policies.registry import BASELINES
+    from policies.registry import BASELINES, SEED_POLICIES
 
     try:
         names = [p.strip() for p in policies.split(",") if p.strip()] if policies else list(BASELINES)
+        if names == ["seed"]:
+            names = [*BASELINES, *SEED_POLICIES]
         settings = load_settings(config)
         configure_encoders(cache_dir=cache_dir or settings.data_dir / "cache" / "embeddings")
         matrix = RoutingData.load(data)
