@@ -13,6 +13,7 @@ from api.errors import install_error_handlers
 from api.routes_admin import router as admin_router
 from api.routes_openai import router as openai_router
 from api.routes_ops import router as ops_router
+from api.routes_policies import router as policies_router
 from experts import client
 from experts.registry import ExpertRegistry
 from router.budgets import BudgetGuard
@@ -116,4 +117,5 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
+    app.include_router(policies_router)
     return app
