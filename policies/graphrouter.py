@@ -381,6 +381,40 @@ class GraphRouterPolicy(EmbeddingPolicy):
             self.net_.eval()
             hs = self.net_.layers(*self._graph(np.zeros(0, dtype=np.int64), np.zeros((0, self.categories_.n)), []))
             self.cache_ = [{T: h[T].detach(), L: h[L].detach()} for h in hs]
+            self.fast_ = self._compile()
+
+    def _compile(self) -> dict[str, list[np.ndarray] | np.ndarray]:
+        """The query side of the network as plain matrices, given the cached task and LLM states.
+
+        A new query's only neighbours are task nodes (weighted by probability) and the LLM nodes
+        that send messages (with masked attributes, so their message is the same for every
+        query): each layer is ``act(P·A + c + B·h)`` with A the task messages, c the LLM message
+        and B the receiver's maps. Equal to running the graph layers, without the per-call cost
+        of building a graph (a single decision went from ~13 ms to well under 1 ms).
+        """
+        import torch
+
+        def arr(t):
+            return t.detach().cpu().numpy().astype(np.float32)
+
+        senders = np.flatnonzero(self.seen_)
+        layers = []
+        with torch.no_grad():
+            for i, conv in enumerate(self.net_.convs):
+                tq, lq = conv.convs[E_TQ], conv.convs[E_LQ]
+                A = arr(tq.lin_src(self.cache_[i][T]))
+                xs = arr(lq.lin_src(self.cache_[i][L])).reshape(len(self.llm_x_), lq.k, lq.dim)[:, 0, :]
+                c = xs[senders].mean(axis=0) if len(senders) else np.zeros(lq.dim, dtype=np.float32)
+                B = arr(tq.lin_dst.weight) + arr(lq.lin_dst.weight)
+                layers.append((A, c, B.T))
+            lin1, lin2 = self.net_.head[0], self.net_.head[3]
+            h = self.net_.proj[Q]
+            W1 = arr(lin1.weight).T  # (3H, H)
+            hid = W1.shape[1]
+            hl = arr(self.cache_[-1][L])
+            return {"proj_w": arr(h.weight).T, "proj_b": arr(h.bias), "layers": layers,
+                    "w_q": W1[:hid], "w_ql": W1[2 * hid :], "llm_term": hl @ W1[hid : 2 * hid] + arr(lin1.bias),
+                    "llm_state": hl, "w_out": arr(lin2.weight)[0], "b_out": float(arr(lin2.bias)[0])}
 
     # ---- prediction -----------------------------------------------------------------------------
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
@@ -389,6 +423,27 @@ class GraphRouterPolicy(EmbeddingPolicy):
         return self.from_unit(out)
 
     def _predict(self, X: np.ndarray, batch: int = 2048) -> np.ndarray:
+        """Effect probability of every (query, LLM) pair, through the compiled query side."""
+        f = self.fast_
+        outs = []
+        for start in range(0, len(X), batch):
+            xb = X[start : start + batch]
+            proba = self.categories_.proba(xb)
+            k = min(self.top_tasks, proba.shape[1])
+            cut = np.sort(proba, axis=1)[:, -k][:, None]
+            weights = np.where(proba >= cut, proba, 0.0).astype(np.float32)  # the top-k task edges
+            h = self._query_features(xb) @ f["proj_w"] + f["proj_b"]
+            for i, (A, c, Bt) in enumerate(f["layers"]):
+                h = weights @ A + c + h @ Bt
+                if i == 0:
+                    h = np.maximum(h, 0.0)
+            z = (h @ f["w_q"])[:, None, :] + f["llm_term"][None, :, :] + (h[:, None, :] * f["llm_state"][None]) @ f["w_ql"]
+            logit = np.maximum(z, 0.0) @ f["w_out"] + f["b_out"]
+            outs.append(1.0 / (1.0 + np.exp(-logit)))
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.llm_x_)))
+
+    def _predict_graph(self, X: np.ndarray, batch: int = 2048) -> np.ndarray:
+        """The same through torch-geometric's layers (reference for ``_predict``; tests)."""
         import torch
 
         m = self.llm_x_.shape[0]

@@ -12,9 +12,10 @@ which trains in seconds on a CPU and decides in well under a millisecond after t
 expert e's outcomes on the embeddings of category c's training queries: the intercept carries
 the category's mean and the slope what the embedding adds inside it. A query of an unfamiliar
 kind gets a flat posterior, hence an average of the heads. The ridge strength and the
-temperature are chosen by grouped cross-validation on the training rows (squared error of the
-predicted outcomes, with cross-fitted posteriors, so validation rows are never seen by the
-classifier that routes them).
+temperature are chosen on the training rows by squared error of the predicted outcomes: three
+quarters on grouped cross-validation (cross-fitted posteriors: validation rows are never seen by
+the classifier that routes them), one quarter (``unseen_weight``) on rows whose whole category
+was held out of the classifier, standing for queries of kinds the training data lacks.
 
 Cost: where the training data has per-query costs, the prompt-length cost model
 (``policies.costs``) gets a per-category correction (e.g. code answers run longer), weighted by
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from policies.categories import CategoryModel, cross_fitted_proba, fit_categories, softmax
+from policies.categories import CategoryModel, cross_fitted_proba, fit_categories, held_out_category_proba, softmax
 from policies.learned import EmbeddingPolicy
 from policies.neural import single_thread
 from policies.progress import report
@@ -45,7 +46,8 @@ class TryagePolicy(EmbeddingPolicy):
         categories: str = "auto",
         n_clusters: int = 16,
         alphas: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 300.0),
-        temperatures: tuple[float, ...] = (1.0, 0.5, 0.25),
+        temperatures: tuple[float, ...] = (2.0, 1.0, 0.5, 0.25),
+        unseen_weight: float = 0.25,
         C: float = 10.0,
         cv_folds: int = 5,
         cost_shrinkage: float = 20.0,
@@ -56,6 +58,7 @@ class TryagePolicy(EmbeddingPolicy):
         self.n_clusters = n_clusters
         self.alphas = alphas
         self.temperatures = temperatures
+        self.unseen_weight = unseen_weight
         self.C = C
         self.cv_folds = cv_folds
         self.cost_shrinkage = cost_shrinkage
@@ -95,6 +98,18 @@ class TryagePolicy(EmbeddingPolicy):
                 n_known += int(mask.sum())
                 report(stage, 2 + i, total)
             err /= max(n_known, 1)
+            held = held_out_category_proba(X, y, k, C=self.C, seed=self.random_state) if self.unseen_weight > 0 else None
+            if held is not None:  # queries of kinds the classifier never saw: how flat should π get?
+                W, b = _fit_heads(X, scores, y, k, alphas, self.mean_quality_)
+                logp = np.log(np.clip(held, 1e-12, 1.0))
+                target, mask = np.nan_to_num(scores), known
+                err_held = np.zeros_like(err)
+                for ai in range(len(alphas)):
+                    heads = np.einsum("nd,kde->nke", X, W[ai]) + b[ai][None]
+                    for ti, t in enumerate(temps):
+                        pred = np.einsum("nk,nke->ne", softmax(logp / t), heads)
+                        err_held[ai, ti] = float((((pred - target) ** 2) * mask).sum()) / max(int(mask.sum()), 1)
+                err = (1 - self.unseen_weight) * err + self.unseen_weight * err_held
             self.cv_mse_ = {f"alpha={a:g},T={t:g}": round(float(err[ai, ti]), 6)
                             for ai, a in enumerate(alphas) for ti, t in enumerate(temps)}
             ai, ti = np.unravel_index(int(np.argmin(err)), err.shape)

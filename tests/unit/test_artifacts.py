@@ -221,6 +221,9 @@ def test_graphrouter_scores_experts_it_never_saw_from_their_descriptors(train, p
     q = served.predict_quality(prompts)
     assert q.shape == (len(prompts), 2) and np.isfinite(q).all()
     np.testing.assert_allclose(q[:, 0], policy.predict_quality(prompts)[:, 0], atol=1e-6)
+    # the compiled query side equals torch-geometric's layers, new LLM nodes included
+    X = served.inner.embed(prompts)
+    np.testing.assert_allclose(served.inner._predict(X), served.inner._predict_graph(X), atol=1e-5)
     # scoring experts from descriptors alone, no map at all
     alone = loaded.for_experts(LIVE, {})
     assert alone.expert_names == ["tiny", "base"] and np.isfinite(alone.predict_quality(prompts)).all()
