@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
                 task.cancel()
             # Drain the ledger before anything else goes away: nothing is lost on shutdown.
             await asyncio.to_thread(service.ledger.close)
+            await client.aclose()
             await asyncio.to_thread(service.experts.stop_local)
             service.ledger.engine.dispose()
 

@@ -13,6 +13,18 @@ from router.errors import RequestTooLargeError, ShuttingDownError
 
 router = APIRouter()
 
+_NUMBER = {"type": "number", "minimum": 0}
+_ROUTING_OPTIONS = {
+    "lambda": {**_NUMBER, "description": "willingness to pay: quality points per USD"},
+    "max_cost_usd": {**_NUMBER, "description": "hard limit on the expected cost of the call"},
+    "allowed_experts": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "max_params_b": {**_NUMBER, "description": "largest expert allowed, billions of parameters"},
+    "size_weight": {**_NUMBER, "description": "quality points per 10x parameters"},
+    "latency_weight": {**_NUMBER, "description": "quality points per second of expected latency"},
+    "recency_weight": {**_NUMBER, "description": "quality points per year since the expert's release"},
+    "max_latency_s": {**_NUMBER, "description": "only experts expected to answer within this many seconds"},
+    "min_release_date": {"type": "string", "format": "date", "description": "only experts released on or after it"},
+}
 _CHAT_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -21,7 +33,8 @@ _CHAT_SCHEMA = {
             "messages": {"type": "array", "items": {"type": "object"}},
             "stream": {"type": "boolean"},
             "max_tokens": {"type": "integer"},
-            "expertmux": {"type": "object", "description": "routing options: lambda, max_cost_usd, allowed_experts, max_params_b"},
+            "expertmux": {"type": "object", "description": "per-request routing options (README: Routing options)",
+                          "properties": _ROUTING_OPTIONS},
         }}}},
     }
 }

@@ -1,4 +1,10 @@
-"""Every expert call goes through litellm (async, streaming), with the expert's timeout.
+"""Every expert call, async and streaming, with the expert's timeout.
+
+Experts behind an OpenAI-compatible base URL (llama.cpp, vLLM, R2R, remote ``endpoint``) are
+called directly over a pooled HTTP client (``experts.openai_http``): the request needs no
+translation and litellm's per-call work was most of the proxy's added latency. Every other
+provider goes through litellm, which translates the OpenAI request for it. ``transport`` in an
+expert's config forces either path.
 
 litellm is imported on first use, not at ``import experts``: the proxy must start fast and the
 CLI must not pay for it.
@@ -10,6 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from experts import openai_http
 from experts.registry import Expert
 from router.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 
@@ -32,6 +39,19 @@ def _lib():
 def warm_up() -> None:
     """Import litellm ahead of the first request (at service start-up)."""
     _lib()
+
+
+def uses_http(expert: Expert) -> bool:
+    """True when calls to this expert go straight to its OpenAI-compatible server."""
+    transport = expert.config.transport
+    if transport == "auto":
+        return bool(expert.backend.api_base) and expert.backend.litellm_provider == "openai"
+    return transport == "http"
+
+
+async def aclose() -> None:
+    """Close pooled upstream connections (service shutdown)."""
+    await openai_http.aclose()
 
 
 def _call_args(expert: Expert, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -77,6 +97,8 @@ def _short(exc: Exception) -> str:
 
 async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
     """Non-streaming completion; returns the OpenAI response as a dict."""
+    if uses_http(expert):
+        return await openai_http.complete(expert, payload)
     lib = _lib()
     try:
         resp = await lib.acompletion(**_call_args(expert, payload, stream=False))
@@ -85,9 +107,14 @@ async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
     return _openai_shape(resp.model_dump(exclude_none=True))
 
 
-async def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Streaming completion: yields OpenAI chunk dicts. Errors before the first chunk raise the
-    mapped error (so the caller can fall back); later errors raise it mid-stream."""
+    mapped error (so the caller can fall back); later errors raise it mid-stream. Closing the
+    iterator closes the upstream connection's stream."""
+    return openai_http.stream(expert, payload) if uses_http(expert) else _litellm_stream(expert, payload)
+
+
+async def _litellm_stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     lib = _lib()
     try:
         resp = await lib.acompletion(**_call_args(expert, payload, stream=True))

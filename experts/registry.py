@@ -52,6 +52,7 @@ def expert_info(config: ExpertConfig) -> ExpertInfo:
         description=config.description,
         tags=tuple(config.tags),
         prior_quality=config.prior_quality,
+        release_date=config.release_date.isoformat() if config.release_date else None,
     )
 
 

@@ -89,6 +89,10 @@ class ExpertConfig(_Strict):
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     timeout_s: float = Field(60.0, gt=0)
+    # How calls reach the expert: `http` forwards the OpenAI request as it is over a pooled
+    # connection (any OpenAI-compatible server); `litellm` translates it for the provider named
+    # in `model`. `auto`: http whenever the expert has an OpenAI-compatible base URL.
+    transport: Literal["auto", "http", "litellm"] = "auto"
     # Requests the server works on at once (llama.cpp: 1; vLLM batches many): turns in-flight
     # counts into expected queueing delay for load-aware routing. Default: by backend.
     max_concurrency: int | None = Field(None, gt=0)

@@ -63,6 +63,14 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _usage_chunk(like: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The final usage-only chunk (``stream_options.include_usage``) for upstreams that send none."""
+    return {"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
+            "model": like.get("model"), "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
 class RoutingService:
     def __init__(self, *, settings: Settings, experts: ExpertRegistry, policies: PolicySet,
                  ledger: LedgerWriter, metrics: Metrics, keys: KeyStore, budgets: BudgetGuard) -> None:
@@ -165,9 +173,12 @@ class RoutingService:
             if unknown:
                 raise NoCandidateError(f"expertmux.allowed_experts names unknown experts: {unknown}; "
                                        f"known: {self.experts.names}")
+        expected = None  # only measured when the request weighs or limits latency
+        if options.latency_weight or options.max_latency_s:
+            expected = {e.name: self.load.expected_s(e.name, e.in_flight, e.slots) for e in self.experts}
         route_req = RouteRequest(prompt=prompt, prompt_tokens=len(prompt) // 4 + 1,
                                  max_completion_tokens=req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens,
-                                 options=options)
+                                 options=options, expected_latency_s=expected)
         t0 = time.perf_counter()
         decision = policy.decide(route_req, lambda_=self.policies.default_lambda, unavailable=self.experts.unavailable())
         cfg = self.policies.config
@@ -235,11 +246,12 @@ class RoutingService:
         usage: dict[str, Any] = {}
         details: dict[str, Any] = {}
         text: list[str] = []
+        saw_usage = False
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
                 if chunk.get("usage"):
-                    usage = {**chunk["usage"], **details}
+                    usage, saw_usage = {**chunk["usage"], **details}, True
                 if "usage_details" in chunk:  # expertmux backends' extras; not part of the OpenAI schema
                     details = chunk.pop("usage_details") or {}
                     usage = {**usage, **details}
@@ -251,6 +263,8 @@ class RoutingService:
                     yield _sse(chunk)
                 chunk = await anext(chunks, None)
             self._attempt_ok(attempt, expert, payload, usage, "".join(text))
+            if include_usage and not saw_usage:  # e.g. llama.cpp's server: usage as counted by us
+                yield _sse(_usage_chunk(first, attempt.prompt_tokens, attempt.completion_tokens))
             trace.status, trace.http_status = "ok", 200
             yield b"data: [DONE]\n\n"
         except ExpertmuxError as exc:  # failure after the first byte: end the stream with an error event

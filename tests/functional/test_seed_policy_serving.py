@@ -128,10 +128,10 @@ def test_tryage_honours_per_request_constraints(client, options, expected):
     assert raw.headers["x-expertmux-expert"] == expected
 
 
-def test_recency_limit_when_release_dates_reach_the_policies(served, client):
+def test_recency_limit_from_the_configured_release_dates(served, client):
     _, app = served
-    if all(e.release_date is None for e in app.state.service.experts.infos()):
-        pytest.skip("the expert registry does not pass release_date to ExpertInfo yet")
+    dates = {e.name: e.release_date for e in app.state.service.experts.infos()}
+    assert dates == {"smollm2-135m": "2024-11-01", "gemma3-270m": "2025-08-14"}
     raw = client.chat.completions.with_raw_response.create(model="expertmux/tryage", messages=HELLO, max_tokens=4,
                                                             extra_body={"expertmux": {"min_release_date": "2025-01-01"}})
     raw.parse()
