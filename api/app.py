@@ -103,6 +103,12 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            # Requests cancelled when the grace time ran out record their rows as they unwind:
+            # give them a moment, while the loop still runs them, before the writer stops.
+            for _ in range(50):
+                if not service.open_ids:
+                    break
+                await asyncio.sleep(0.1)
             # Drain the ledger before anything else goes away: nothing is lost on shutdown.
             await asyncio.to_thread(service.ledger.close)
             await client.aclose()

@@ -83,6 +83,7 @@ class RoutingService:
         self.budgets = budgets
         self.load = LatencyTracker()
         self.draining = False  # set when a graceful shutdown begins
+        self.open_ids: set[str] = set()  # requests being served (their ledger row is not submitted yet)
 
     # -- public ---------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -92,6 +93,7 @@ class RoutingService:
     async def chat(self, read_body: Callable[[], Awaitable[bytes]], *, api_key: str | None = None) -> ChatOutcome:
         """Serve one chat request; ``read_body`` returns the raw JSON body (or raises on a size limit)."""
         trace = RequestTrace(id=uuid.uuid4().hex)
+        self.open_ids.add(trace.id)
         streaming = False
         try:
             key = await self._authenticate(api_key)
@@ -316,6 +318,7 @@ class RoutingService:
         if trace.recorded:
             return
         trace.recorded = True
+        self.open_ids.discard(trace.id)
         if trace.status == "pending":
             trace.status = "error"
         record = trace.to_record()

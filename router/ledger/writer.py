@@ -37,6 +37,9 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0
+        self._closed = False
+        self._pending_ids: set[str] = set()  # request ids queued or being written
+        self._written = threading.Condition(self._lock)
         self._idle = threading.Event()
         self._idle.set()
         self.rows_written = 0
@@ -48,13 +51,25 @@ class LedgerWriter:
     def submit(self, record: LedgerRecord) -> None:
         with self._lock:
             self._pending += 1
+            self._pending_ids.add(record.request["id"])
             self._idle.clear()
-        self._queue.put(record)
+            closed = self._closed
+            if not closed:  # under the lock: never behind close()'s sentinel
+                self._queue.put(record)
+        if closed:  # a request that finished after shutdown began: store it here, never drop it
+            self._store([record], stopping=True)
 
     @property
     def pending(self) -> int:
         """Rows held in memory, not yet in the database nor in the spool."""
         return self._pending
+
+    def wait_written(self, request_id: str, timeout: float = 5.0) -> bool:
+        """Wait until the row of ``request_id`` has left the queue (written, or spooled if the
+        database is down). False if it is still queued after ``timeout``; True at once for an id
+        this writer never saw."""
+        with self._written:
+            return self._written.wait_for(lambda: request_id not in self._pending_ids, timeout)
 
     def spooled_files(self) -> int:
         return len(self.spool.files()) if self.spool else 0
@@ -73,13 +88,16 @@ class LedgerWriter:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            self._closed = False
             self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
             self._thread.start()
 
     def close(self, timeout: float = 60.0) -> None:
         if self._thread is None:
             return
-        self._queue.put(None)  # sentinel: drain what is queued, then stop
+        with self._lock:
+            self._closed = True  # from now on submit() stores rows itself
+            self._queue.put(None)  # sentinel: drain what is queued, then stop
         self._thread.join(timeout)
         self._thread = None
 
@@ -132,6 +150,8 @@ class LedgerWriter:
                 delay = min(delay * 2, 5.0)
         with self._lock:
             self._pending -= len(batch)
+            self._pending_ids.difference_update(r.request["id"] for r in batch)
+            self._written.notify_all()
             if self._pending == 0:
                 self._idle.set()
         return written

@@ -49,6 +49,22 @@ def test_close_drains_everything_from_many_threads(tmp_path):
     assert writer.rows_written == 2000 and writer.pending == 0
 
 
+def test_rows_submitted_while_and_after_closing_are_stored(tmp_path):
+    """Requests cancelled at shutdown finish after the writer began closing: their rows count too."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    writer = LedgerWriter(engine, batch_size=10)
+    writer.start()
+    late = threading.Thread(target=lambda: [writer.submit(record(i)) or time.sleep(0.001) for i in range(300)])
+    late.start()
+    time.sleep(0.02)
+    writer.close()  # races the submitting thread
+    late.join()
+    writer.submit(record(999))  # well after close
+    assert counts(engine) == (301, 301) and writer.pending == 0
+
+
 def test_rows_wait_in_memory_until_the_database_is_back(tmp_path):
     url = f"sqlite:///{tmp_path / 'l.db'}"
     engine = make_engine(url)  # no tables yet: every write fails
