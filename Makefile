@@ -38,12 +38,18 @@ experts-up: install
 experts-down: install
 	$(BIN)/expertmux experts down
 
-# Services the tests start themselves: a PostgreSQL cluster (server binaries from Debian).
+# Services the tests start themselves: a PostgreSQL cluster (server binaries from Debian), and
+# the headless Chromium the dashboard tests drive with Playwright (Debian package chromium).
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing PostgreSQL server binaries (Debian package postgresql)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing headless Chromium for the dashboard tests (Debian package chromium)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; \
 	fi
 
 test: install system-deps vllm-env
@@ -127,7 +133,8 @@ eval: install
 # --- R2R token routing -------------------------------------------------------------------------
 # Held-out prompts (test split of the shared routing matrices) through the LLM alone, the SLM
 # alone, the learned router's threshold sweep and the SLM-confidence and random baselines; rich
-# tables on the terminal, JSON and Markdown in var/bench/. About 20 minutes on two cores.
+# tables on the terminal, JSON and Markdown in var/bench/. About 80 minutes on two shared cores;
+# `python -m benchmarks.r2r --from-json var/bench/r2r.json` re-summarises a stored run in a second.
 bench-r2r: install
 	$(BIN)/python -m benchmarks.r2r --json $(BENCH_OUT)/r2r.json --markdown $(BENCH_OUT)/r2r.md
 
@@ -160,3 +167,14 @@ bench-decisions: policies
 		--json $(BENCH_OUT)/decision_latency.json --markdown $(BENCH_OUT)/decision_latency.md
 
 .PHONY: policies eval-seed bench-decisions
+
+# --- ledger at scale ---------------------------------------------------------------------------
+# Every dashboard query and the training-set build on 1,000,000 synthetic requests, SQLite and
+# PostgreSQL (a throw-away cluster), before and after the dashboard's indexes (migration 0005).
+# About 15 minutes on two cores; the SQLite file (about 1.5 GB) lives in a temp dir under var/bench.
+bench-ledger: install system-deps
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.ledger_scale --workdir $(BENCH_OUT) --json $(BENCH_OUT)/ledger_scale.json \
+		--markdown $(BENCH_OUT)/ledger_scale.md
+
+.PHONY: bench-ledger

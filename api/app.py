@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.dashboard_auth import router as dashboard_pages
 from api.errors import install_error_handlers
 from api.routes_admin import router as admin_router
+from api.routes_dashboard import router as dashboard_router
+from api.routes_feedback import router as feedback_router
 from api.routes_openai import router as openai_router
 from api.routes_ops import router as ops_router
 from api.routes_policies import router as policies_router
@@ -18,6 +21,8 @@ from experts import client
 from experts.registry import ExpertRegistry
 from router.budgets import BudgetGuard
 from router.errors import ConfigError
+from router.feedback import FeedbackService
+from router.judge import Judge
 from router.keys import KeyStore
 from router.ledger.db import make_engine
 from router.ledger.repository import sync_experts
@@ -25,6 +30,7 @@ from router.ledger.spool import LedgerSpool
 from router.ledger.writer import LedgerWriter
 from router.metrics import Metrics
 from router.policy_set import PolicySet
+from router.policy_sync import RegistrySync
 from router.service import RoutingService
 from router.settings import Settings
 
@@ -74,6 +80,13 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
         raise ConfigError(f"keyless serving is only allowed on a loopback address, not {settings.host}; create keys with "
                           "`expertmux keys create` and drop EXPERTMUX_REQUIRE_API_KEYS=false")
     service = build_service(settings)
+    feedback = FeedbackService(engine=service.ledger.engine, ledger=service.ledger, keys=service.keys,
+                               auth_required=settings.auth_required, in_progress=service.open_ids.__contains__)
+    judge_cfg = settings.app_config.judge
+    judge = Judge(judge_cfg, experts=service.experts, feedback=feedback, metrics=service.metrics) if judge_cfg else None
+    if judge is not None and judge_cfg.sample_rate > 0:
+        service.finish_hooks.append(judge.observe)
+    registry = RegistrySync(service.policies, service.ledger.engine, interval_s=settings.registry_poll_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,6 +99,8 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
         except Exception as exc:  # the ledger being down must not stop the proxy; rows get spooled
             log.warning("could not sync experts to the ledger: %s", exc)
         service.ledger.start()
+        if settings.registry_poll_s:  # serve the registry's active versions from the first request on
+            await asyncio.to_thread(registry.sync)
         if settings.autostart_experts:
             started = await asyncio.to_thread(service.experts.start_local)
             for name, status in started.items():
@@ -96,6 +111,8 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
             tasks.append(asyncio.create_task(_supervise(service, settings.supervise_interval_s)))
         if any(e.config.backend == "vllm" for e in service.experts):
             tasks.append(asyncio.create_task(_scrape_load(service)))
+        if settings.registry_poll_s:
+            tasks.append(asyncio.create_task(registry.run()))
         if on_ready is not None:
             on_ready()
         try:
@@ -103,6 +120,8 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            if judge is not None:
+                await judge.close()
             # Requests cancelled when the grace time ran out record their rows as they unwind:
             # give them a moment, while the loop still runs them, before the writer stops.
             for _ in range(50):
@@ -119,10 +138,14 @@ def create_app(settings: Settings | None = None, *, on_ready=None) -> FastAPI:
                   description="OpenAI-compatible multi-LLM router")
     app.state.settings = settings
     app.state.service = service
+    app.state.feedback, app.state.judge, app.state.registry_sync = feedback, judge, registry
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(policies_router)
+    app.include_router(dashboard_pages)
+    app.include_router(dashboard_router)
+    app.include_router(feedback_router)
     return app

@@ -161,7 +161,9 @@ def summarise(records: list[dict], configs: list[Config]) -> dict[str, dict]:
             "decode_tok_s_total": tokens / seconds if seconds else 0.0,
             "slm_ms_per_token": 1000 * sum(r["slm_eval_s"] for r in rs) / max(tokens, 1),
             "llm_ms_per_token": 1000 * sum(r["llm_eval_s"] for r in rs) / max(tokens, 1),
-            "llm_calls_per_token": sum(r["llm_calls"] for r in rs) / max(tokens, 1),
+            # runs recorded before LLM turns were counted lack ``llm_calls``: n/a rather than a guess
+            "llm_calls_per_token": (sum(r["llm_calls"] for r in rs) / max(tokens, 1)
+                                    if all("llm_calls" in r for r in rs) else None),
             "retokenized_per_100_tokens": 100 * sum(r["retokenized"] for r in rs) / max(tokens, 1),
             "mean_tokens": tokens / max(len(rs), 1),
         }
@@ -181,6 +183,103 @@ def at_equal_share(summary: dict[str, dict], metric: str) -> dict[str, dict[str,
     return out
 
 
+def speed_bound(records: list[dict], summary: dict[str, dict], target: float = 1.2, faithful: float = 0.8) -> dict:
+    """How fast R2R can be on this pair, from the measured per-token costs (medians over prompts).
+
+    Every position costs one SLM step (c_s); a share s of them also costs an LLM step (c_l), so
+    at best (free hand-overs, free router) R2R runs at c_l / (c_s + s·c_l) of the LLM's speed. The
+    measured variant adds what the runs show on top: the router and bookkeeping per token, and the
+    LLM's catch-up on the SLM's tokens per LLM token. ``share_for_faithful`` is the least LLM share
+    at which the learned router matches the LLM's final answer on ``faithful`` of the prompts.
+    """
+    def med(values: list[float]) -> float:
+        return float(np.median(values)) if values else float("nan")
+
+    c_s = med([r["slm_eval_s"] / r["tokens"] for r in records if r["config"] == "slm-only" and r["tokens"]])
+    c_l = med([r["llm_eval_s"] / r["tokens"] for r in records if r["config"] == "llm-only" and r["tokens"]])
+    learned = [r for r in records if r["config"].startswith("learned@") and r["tokens"]]
+    overhead = med([(r["seconds"] - r["slm_eval_s"] - r["llm_eval_s"]) / r["tokens"] for r in learned])
+    c_l_turn = med([r["llm_eval_s"] / r["llm_tokens"] for r in learned if r["llm_tokens"]])
+    c_s_mix = med([r["slm_eval_s"] / r["tokens"] for r in learned])
+    pts = sorted([(v["llm_share"], v["same_answer"]) for v in summary.values() if v["method"] == "learned"]
+                 + [(0.0, summary["slm-only"]["same_answer"]), (1.0, 1.0)])
+    grid = np.linspace(0, 1, 1001)
+    agree = np.interp(grid, [p[0] for p in pts], [p[1] for p in pts])
+    share = float(grid[np.argmax(agree >= faithful)])
+
+    def free(x: float) -> float:
+        return c_l / (c_s + x * c_l)
+
+    def measured(x: float) -> float:
+        return c_l / (c_s_mix + overhead + x * c_l_turn)
+
+    return {"slm_ms_per_token": 1000 * c_s, "llm_ms_per_token": 1000 * c_l, "slm_speed_ratio": c_l / c_s,
+            "slm_ms_per_token_in_r2r": 1000 * c_s_mix, "router_overhead_ms_per_token": 1000 * overhead,
+            "llm_ms_per_llm_token_in_r2r": 1000 * c_l_turn, "share_for_faithful": share, "faithful": faithful,
+            "target": target, "bound_free_at_share": free(share), "bound_measured_at_share": measured(share),
+            "max_share_for_target_free": max(0.0, (c_l / target - c_s) / c_l),
+            "max_share_for_target_measured": max(0.0, (c_l / target - c_s_mix - overhead) / c_l_turn),
+            "slm_ratio_needed_free": 1 / (1 / target - share)}
+
+
+def bound_lines(b: dict) -> list[str]:
+    return [
+        f"Per-token costs (median over prompts): SLM {b['slm_ms_per_token']:.1f} ms, LLM {b['llm_ms_per_token']:.1f} ms "
+        f"(the SLM is {b['slm_speed_ratio']:.2f}× faster). Inside R2R runs: SLM {b['slm_ms_per_token_in_r2r']:.1f} ms on every "
+        f"token, router and bookkeeping {b['router_overhead_ms_per_token']:.2f} ms per token, LLM "
+        f"{b['llm_ms_per_llm_token_in_r2r']:.1f} ms per LLM token (catch-up included).",
+        f"Learned router: ≥ {b['faithful']:.0%} same answer needs an LLM share of {b['share_for_faithful']:.1%}. There the "
+        f"speed bound is {b['bound_free_at_share']:.2f}× LLM-only with free hand-overs, "
+        f"{b['bound_measured_at_share']:.2f}× with the measured overheads. {b['target']:g}× allows at most "
+        f"{b['max_share_for_target_free']:.1%} LLM share (free) or {b['max_share_for_target_measured']:.1%} (measured); "
+        f"at {b['share_for_faithful']:.1%} it needs an SLM ≥ {b['slm_ratio_needed_free']:.2f}× faster than the LLM.",
+    ]
+
+
+def paired_bootstrap(by_config: dict[str, list[dict]], summary: dict[str, dict], n: int = 2000, seed: int = 0) -> dict:
+    """How sure the learned router's lead is: resample prompts (the same ones for every method),
+    recompute every configuration's share and same-answer rate, interpolate at equal share.
+
+    Per share: the 95 % interval of learned − baseline (points of same answer) and the share of
+    resamples in which the learned router is ahead; None where a method was not measured there.
+    """
+    keys = [k for k in summary if k in by_config]
+    n_prompts = len(by_config["llm-only"])
+    tokens = {k: np.array([r["tokens"] for r in by_config[k]], float) for k in keys}
+    llm = {k: np.array([r["llm_tokens"] for r in by_config[k]], float) for k in keys}
+    same = {k: np.array([r["same_answer"] for r in by_config[k]], float) for k in keys}
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, dict[str, list[float]]] = {b: {f"{x:g}": [] for x in SHARES} for b in ("confidence", "random")}
+    for _ in range(n):
+        idx = rng.integers(0, n_prompts, n_prompts)
+        boot = {k: {"method": summary[k]["method"], "llm_share": llm[k][idx].sum() / max(tokens[k][idx].sum(), 1),
+                    "same_answer": same[k][idx].mean()} for k in keys}
+        eq = at_equal_share(boot, "same_answer")
+        for b in diffs:
+            for x, v in eq["learned"].items():
+                if v is not None and eq[b][x] is not None:
+                    diffs[b][x].append(v - eq[b][x])
+    out: dict = {}
+    for b, per_share in diffs.items():
+        out[b] = {x: None if len(d) < n // 2 else {"lead": [100 * float(q) for q in np.percentile(d, [2.5, 97.5])],
+                                                   "p_ahead": float(np.mean(np.asarray(d) > 0))}
+                  for x, d in per_share.items()}
+    return out
+
+
+def bootstrap_lines(boot: dict) -> list[str]:
+    lines = ["Paired bootstrap over prompts (2,000 resamples): learned − baseline, points of same answer, 95 % interval "
+             "(share of resamples with the learned router ahead):", "",
+             "| vs | " + " | ".join(f"{s:.0%}" for s in SHARES) + " |", "|---|" + "---:|" * len(SHARES)]
+    for b, per_share in boot.items():
+        cells = []
+        for x in SHARES:
+            v = per_share[f"{x:g}"]
+            cells.append("–" if v is None else f"{v['lead'][0]:+.1f} to {v['lead'][1]:+.1f} ({v['p_ahead']:.0%})")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def verdicts(summary: dict[str, dict], equal: dict) -> dict:
     beats = {}
     for s in SHARES:
@@ -196,6 +295,8 @@ def verdicts(summary: dict[str, dict], equal: dict) -> dict:
 
 def markdown(summary: dict, equal: dict, verdict: dict, meta: dict) -> str:
     lines = [f"Held-out prompts: {meta['prompts']} · max {meta['max_tokens']} tokens · {meta['machine']}", "",
+             *([f"Runs merged (each configuration paired with the LLM alone of its own run): {', '.join(meta['runs'])}", ""]
+               if len(meta.get("runs", [])) > 1 else []),
              "| run | knob | LLM share | same answer | token match | ms/token | ×LLM decode (IQR) | ×LLM end to end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, v in summary.items():
@@ -214,6 +315,10 @@ def markdown(summary: dict, equal: dict, verdict: dict, meta: dict) -> str:
     lines += ["", f"Learned router beats both baselines at every share 10–50 %: {verdict['learned_beats_both_10_to_50']}",
               f"Learned configs ≥ 1.2× LLM-only (decode) with ≥ 80 % same answer: {verdict['fast_and_faithful_decode'] or 'none'}",
               f"Learned configs ≥ 1.2× LLM-only (end to end) with ≥ 80 % same answer: {verdict['fast_and_faithful_e2e'] or 'none'}"]
+    if meta.get("bootstrap"):
+        lines += ["", *bootstrap_lines(meta["bootstrap"])]
+    if meta.get("speed_bound"):
+        lines += ["", *bound_lines(meta["speed_bound"])]
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +334,9 @@ def print_tables(summary: dict, equal: dict, verdict: dict) -> None:
     for key, v in summary.items():
         t.add_row(key, "" if v["knob"] is None else f"{v['knob']:.3g}", f"{v['llm_share']:.1%}", f"{v['same_answer']:.1%}",
                   f"{v['token_match']:.1%}", f"{v['ms_per_token']:.1f}", f"{v['decode_speedup_vs_llm']:.2f}",
-                  f"{v['e2e_speedup_vs_llm']:.2f}", f"{v['llm_calls_per_token']:.3f}", f"{v['retokenized_per_100_tokens']:.2f}")
+                  f"{v['e2e_speedup_vs_llm']:.2f}",
+                  "n/a" if v["llm_calls_per_token"] is None else f"{v['llm_calls_per_token']:.3f}",
+                  f"{v['retokenized_per_100_tokens']:.2f}")
     console.print(t)
     for metric in ("same_answer", "token_match"):
         e = Table(title=f"{metric} at equal LLM-token share (interpolated)")
@@ -266,7 +373,72 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--from-json", action="append", type=Path, default=None, metavar="PATH",
+                   help="summarise stored runs (their per-prompt records) without generating; repeatable: a later "
+                        "run adds the configurations the earlier ones lack, e.g. a threshold extension")
+    p.add_argument("--common-prompts", action="store_true",
+                   help="with several --from-json: compare on the prompts every run covers")
     return p.parse_args(argv)
+
+
+def configs_of(stored: dict) -> list[Config]:
+    return [Config(v["method"], v["knob"], v["target_share"]) for v in stored["configs"].values()]
+
+
+def summarise_stored(paths: list[Path], common: bool = False) -> tuple[dict, dict, dict, dict]:
+    """(summary, equal-share tables, verdict, meta) of stored runs, merged in order.
+
+    Every run must cover the same held-out prompts (checked by id), or with ``common`` every run
+    is cut down to the prompts all of them cover (a partial extension run). Each configuration is
+    summarised within its own run, so its speed ratios pair it with the LLM alone of that run.
+    """
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    sets = [{r["qid"] for r in run["records"] if r["config"] == "llm-only"} for run in runs]
+    shared = set.intersection(*sets)
+    if not common and any(s != sets[0] for s in sets):
+        raise ValueError(f"the held-out prompts of {', '.join(map(str, paths))} differ (--common-prompts compares "
+                         "them on the prompts they share)")
+    summary: dict[str, dict] = {}
+    meta: dict = {}
+    first_records: list[dict] = []
+    by_config: dict[str, list[dict]] = {}
+    for path, stored in zip(paths, runs):
+        records = sorted((r for r in stored["records"] if r["qid"] in shared), key=lambda r: r["prompt"])
+        first_records = first_records or records
+        if meta and stored["meta"].get("router_version") != meta.get("router_version"):
+            raise ValueError(f"{path}: router {stored['meta'].get('router_version')} differs from {meta.get('router_version')}")
+        for key, value in summarise(records, configs_of(stored)).items():
+            if key not in summary:
+                summary[key] = {**value, "run": Path(path).name}
+                by_config[key] = sorted((r for r in records if r["config"] == key), key=lambda r: r["prompt"])
+        meta = meta or dict(stored["meta"])
+    meta["runs"] = [Path(p).name for p in paths]
+    meta["prompts"] = len(shared)
+    order = {"llm-only": 0, "slm-only": 1, "learned": 2, "confidence": 3, "random": 4}
+    summary = dict(sorted(summary.items(), key=lambda kv: (order[kv[1]["method"]], kv[1]["target_share"] or 0)))
+    equal = {m: at_equal_share(summary, m) for m in ("same_answer", "token_match")}
+    meta["speed_bound"] = speed_bound(first_records, summary)
+    meta["bootstrap"] = paired_bootstrap(by_config, summary)
+    return summary, equal, verdicts(summary, equal["same_answer"]), meta
+
+
+def main_from_json(args: argparse.Namespace) -> int:
+    try:
+        summary, equal, verdict, meta = summarise_stored(args.from_json, common=args.common_prompts)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"cannot summarise {', '.join(map(str, args.from_json))}: {exc}", file=sys.stderr)
+        return 2
+    print_tables(summary, equal, verdict)
+    for line in [*bootstrap_lines(meta["bootstrap"]), "", *bound_lines(meta["speed_bound"])]:
+        print(line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "configs": summary, "at_equal_share": equal, "verdict": verdict},
+                                        indent=1))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(summary, equal, verdict, meta))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     from experts.r2r.pair import load_local_engine
 
     args = parse_args(argv)
+    if args.from_json:
+        return main_from_json(args)
     folders = args.prompts or [REPO.parent / "shared" / "data" / "llmrouter", REPO.parent / "shared" / "data" / "routerdc"]
     missing = [f for f in folders if not (f / "matrix.parquet").is_file()]
     if missing:
@@ -285,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_local_engine(args.slm, args.llm, data_dir=args.data_dir, n_threads=args.n_threads, hidden=learned.needs_hidden)
     held_out = load_prompts(folders, split=args.split, n=args.n, seed=args.seed, max_chars=args.max_prompt_chars)
     calib = load_prompts(folders, split="train", n=args.calibration_prompts, seed=args.seed + 1, max_chars=args.max_prompt_chars)
-    targets = [float(x) for x in args.targets.split(",")]
-    configs = calibrate(engine, learned, calib, targets, [float(x) for x in args.random_targets.split(",")], args.max_tokens)
+    targets = [float(x) for x in args.targets.split(",") if x.strip()]
+    configs = calibrate(engine, learned, calib, targets, [float(x) for x in args.random_targets.split(",") if x.strip()],
+                        args.max_tokens)
     rng = random.Random(args.seed)
     records: list[dict] = []
     t_start = time.perf_counter()
@@ -322,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
             "calibration_prompts": len(calib), "slm": args.slm, "llm": args.llm, "n_threads": args.n_threads,
             "seconds": round(time.perf_counter() - t_start, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, n_threads={args.n_threads}"}
+    meta["speed_bound"] = speed_bound(records, summary)
+    meta["bootstrap"] = paired_bootstrap({c.key: [r for r in records if r["config"] == c.key] for c in configs}, summary)
     print_tables(summary, equal, verdict)
+    for line in [*bootstrap_lines(meta["bootstrap"]), "", *bound_lines(meta["speed_bound"])]:
+        print(line)
     print(f"{meta['prompts']} prompts × {len(configs)} runs in {meta['seconds']:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -46,16 +46,13 @@ import numpy as np
 from policies.categories import CategoryModel, cross_fitted_proba, fit_categories
 from policies.descriptors import model_descriptor, task_description
 from policies.embeddings import get_encoder
+from policies.graphrouter_net import E_LQ, E_LT, E_QL, E_QT, E_TL, E_TQ, L, Q, T, build_net, compile_query_side, predict_compiled
 from policies.learned import EmbeddingPolicy
 from policies.neural import holdout_split, load_net_state, net_state, single_thread
 from policies.progress import report
 from policies.serving import MappedPolicy, check_expert_map
 from router.errors import PolicyError
 from router.types import ExpertInfo
-
-Q, T, L = "query", "task", "llm"
-E_TQ, E_QT, E_LQ, E_QL = (T, "has", Q), (Q, "in", T), (L, "serves", Q), (Q, "rates", L)
-E_LT, E_TL = (L, "scores", T), (T, "scored", L)
 
 
 def llm_numeric(experts: Sequence[ExpertInfo]) -> np.ndarray:
@@ -66,85 +63,6 @@ def llm_numeric(experts: Sequence[ExpertInfo]) -> np.ndarray:
         rows.append([size / 2.0, float(e.params_b is None), np.log10(1.0 + e.input_usd_per_mtok),
                      np.log10(1.0 + e.output_usd_per_mtok)])
     return np.asarray(rows, dtype=np.float32)
-
-
-def _build_net(dq: int, dt: int, dl: int, hidden: int, dropout: float = 0.0):
-    import torch
-    from torch_geometric.nn import HeteroConv, MessagePassing
-
-    class EdgeConditionedConv(MessagePassing):
-        """message = W₀·x_j + Σ_k attr_k · W_k·x_j (mean over senders), plus a linear map of the receiver."""
-
-        def __init__(self, dim: int, edge_dim: int) -> None:
-            super().__init__(aggr="mean", node_dim=0)
-            self.k = edge_dim + 1
-            self.dim = dim
-            self.lin_src = torch.nn.Linear(dim, self.k * dim)
-            self.lin_dst = torch.nn.Linear(dim, dim, bias=False)
-
-        def forward(self, x, edge_index, edge_attr):
-            src, dst = x
-            xs = self.lin_src(src).view(-1, self.k, self.dim)
-            out = self.propagate(edge_index, xs=xs, edge_attr=edge_attr, size=(src.shape[0], dst.shape[0]))
-            return out + self.lin_dst(dst)
-
-        def message(self, xs_j, edge_attr):
-            coeff = torch.cat([torch.ones_like(edge_attr[:, :1]), edge_attr], dim=1)
-            return (xs_j * coeff.unsqueeze(-1)).sum(dim=1)
-
-    class WeightedConv(MessagePassing):
-        """message = w · W·x_j, summed: with probabilities as weights, the expected sender state."""
-
-        def __init__(self, dim: int) -> None:
-            super().__init__(aggr="sum", node_dim=0)
-            self.lin_src = torch.nn.Linear(dim, dim)
-            self.lin_dst = torch.nn.Linear(dim, dim, bias=False)
-
-        def forward(self, x, edge_index, edge_attr):
-            src, dst = x
-            out = self.propagate(edge_index, xs=self.lin_src(src), edge_attr=edge_attr, size=(src.shape[0], dst.shape[0]))
-            return out + self.lin_dst(dst)
-
-        def message(self, xs_j, edge_attr):
-            return xs_j * edge_attr[:, :1]
-
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = torch.nn.ModuleDict({Q: torch.nn.Linear(dq, hidden), T: torch.nn.Linear(dt, hidden),
-                                             L: torch.nn.Linear(dl, hidden)})
-            self.convs = torch.nn.ModuleList([
-                HeteroConv({E_TQ: WeightedConv(hidden), E_QT: EdgeConditionedConv(hidden, 1),
-                            E_LQ: EdgeConditionedConv(hidden, 3), E_QL: EdgeConditionedConv(hidden, 3),
-                            E_LT: EdgeConditionedConv(hidden, 3), E_TL: EdgeConditionedConv(hidden, 3)}, aggr="sum")
-                for _ in range(2)
-            ])
-            self.head = torch.nn.Sequential(torch.nn.Linear(3 * hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
-                                            torch.nn.Linear(hidden, 2))
-            self.drop = torch.nn.Dropout(dropout)
-
-        def layers(self, x, edge_index, edge_attr, cached=None):
-            """Node states per layer [h0, h1, h2]; ``cached`` supplies task/LLM states by layer."""
-            h = {k: self.proj[k](self.drop(v) if k == Q else v) for k, v in x.items()}
-            if cached is not None:
-                h = {**cached[0], **h}
-            out = [h]
-            for i, conv in enumerate(self.convs):
-                new = conv(h, edge_index, edge_attr_dict=edge_attr)
-                new = {k: (torch.relu(v) if i == 0 else v) for k, v in new.items()}
-                h = {**(cached[i + 1] if cached is not None else {}), **{k: v for k, v in new.items()
-                                                                        if cached is None or k == Q}}
-                out.append(h)
-            return out
-
-        def score(self, hq, hl):
-            """(n_queries, n_llms, 2): effect logit and normalised log cost for every pair."""
-            n, m = hq.shape[0], hl.shape[0]
-            a = hq.unsqueeze(1).expand(n, m, -1)
-            b = hl.unsqueeze(0).expand(n, m, -1)
-            return self.head(torch.cat([a, b, a * b], dim=-1))
-
-    return Net()
 
 
 class GraphRouterPolicy(EmbeddingPolicy):
@@ -251,7 +169,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.seen_ = ~excluded
         fit_rows, val_rows = holdout_split(train, self.val_fraction, self.random_state)
         torch.manual_seed(self.random_state)
-        self.net_ = _build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
+        self.net_ = build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
         with single_thread():
             self.train_stats_ = self._train(oof, fit_rows, val_rows, stage)
             self._refresh_cache()
@@ -381,40 +299,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
             self.net_.eval()
             hs = self.net_.layers(*self._graph(np.zeros(0, dtype=np.int64), np.zeros((0, self.categories_.n)), []))
             self.cache_ = [{T: h[T].detach(), L: h[L].detach()} for h in hs]
-            self.fast_ = self._compile()
-
-    def _compile(self) -> dict[str, list[np.ndarray] | np.ndarray]:
-        """The query side of the network as plain matrices, given the cached task and LLM states.
-
-        A new query's only neighbours are task nodes (weighted by probability) and the LLM nodes
-        that send messages (with masked attributes, so their message is the same for every
-        query): each layer is ``act(P·A + c + B·h)`` with A the task messages, c the LLM message
-        and B the receiver's maps. Equal to running the graph layers, without the per-call cost
-        of building a graph (a single decision went from ~13 ms to well under 1 ms).
-        """
-        import torch
-
-        def arr(t):
-            return t.detach().cpu().numpy().astype(np.float32)
-
-        senders = np.flatnonzero(self.seen_)
-        layers = []
-        with torch.no_grad():
-            for i, conv in enumerate(self.net_.convs):
-                tq, lq = conv.convs[E_TQ], conv.convs[E_LQ]
-                A = arr(tq.lin_src(self.cache_[i][T]))
-                xs = arr(lq.lin_src(self.cache_[i][L])).reshape(len(self.llm_x_), lq.k, lq.dim)[:, 0, :]
-                c = xs[senders].mean(axis=0) if len(senders) else np.zeros(lq.dim, dtype=np.float32)
-                B = arr(tq.lin_dst.weight) + arr(lq.lin_dst.weight)
-                layers.append((A, c, B.T))
-            lin1, lin2 = self.net_.head[0], self.net_.head[3]
-            h = self.net_.proj[Q]
-            W1 = arr(lin1.weight).T  # (3H, H)
-            hid = W1.shape[1]
-            hl = arr(self.cache_[-1][L])
-            return {"proj_w": arr(h.weight).T, "proj_b": arr(h.bias), "layers": layers,
-                    "w_q": W1[:hid], "w_ql": W1[2 * hid :], "llm_term": hl @ W1[hid : 2 * hid] + arr(lin1.bias),
-                    "llm_state": hl, "w_out": arr(lin2.weight)[0], "b_out": float(arr(lin2.bias)[0])}
+            self.fast_ = compile_query_side(self.net_, self.cache_, self.seen_, len(self.llm_x_))
 
     # ---- prediction -----------------------------------------------------------------------------
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
@@ -424,7 +309,6 @@ class GraphRouterPolicy(EmbeddingPolicy):
 
     def _predict(self, X: np.ndarray, batch: int = 2048) -> np.ndarray:
         """Effect probability of every (query, LLM) pair, through the compiled query side."""
-        f = self.fast_
         outs = []
         for start in range(0, len(X), batch):
             xb = X[start : start + batch]
@@ -432,14 +316,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
             k = min(self.top_tasks, proba.shape[1])
             cut = np.sort(proba, axis=1)[:, -k][:, None]
             weights = np.where(proba >= cut, proba, 0.0).astype(np.float32)  # the top-k task edges
-            h = self._query_features(xb) @ f["proj_w"] + f["proj_b"]
-            for i, (A, c, Bt) in enumerate(f["layers"]):
-                h = weights @ A + c + h @ Bt
-                if i == 0:
-                    h = np.maximum(h, 0.0)
-            z = (h @ f["w_q"])[:, None, :] + f["llm_term"][None, :, :] + (h[:, None, :] * f["llm_state"][None]) @ f["w_ql"]
-            logit = np.maximum(z, 0.0) @ f["w_out"] + f["b_out"]
-            outs.append(1.0 / (1.0 + np.exp(-logit)))
+            outs.append(predict_compiled(self.fast_, self._query_features(xb), weights))
         return np.concatenate(outs) if outs else np.zeros((0, len(self.llm_x_)))
 
     def _predict_graph(self, X: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -536,7 +413,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.descriptors_ = list(meta["descriptors"])
         self.cost_scale_ = float(meta["cost_scale"])
         self.train_stats_ = dict(meta.get("train") or {})
-        self.net_ = _build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
+        self.net_ = build_net(self.train_x_.shape[1], self.task_x_.shape[1], self.llm_x_.shape[1], self.hidden, self.dropout)
         load_net_state(self.net_, arrays)
         self._refresh_cache()
 

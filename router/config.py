@@ -104,6 +104,37 @@ class ExpertConfig(_Strict):
     r2r: R2ROptions = Field(default_factory=R2ROptions)
 
 
+class ExplorationConfig(_Strict):
+    """Exploration of the serving policy, with logged propensities (router/exploration.py)."""
+
+    method: Literal["epsilon", "softmax"]
+    epsilon: float = Field(0.1, ge=0, le=1)  # epsilon: share of uniformly random choices
+    temperature: float = Field(0.1, gt=0)  # softmax: over utilities (quality points)
+    seed: int | None = None  # reproducible draws (tests, simulations)
+
+
+class JudgeConfig(_Strict):
+    """An expert that scores a sampled share of answered requests in the background (router/judge.py)."""
+
+    expert: str
+    sample_rate: float = Field(0.1, ge=0, le=1)
+    prompt: str | None = None  # template with {question} and {answer}; default: a 1–10 rating prompt
+    max_tokens: int = Field(16, gt=0)
+    scale_min: float = 1.0  # the rating scale the prompt asks for; integers on it map to [0, 1]
+    scale_max: float = 10.0
+    max_pending: int = Field(16, gt=0)  # judgements queued at once; more are skipped (and counted)
+    seed: int | None = None
+
+
+class GateConfig(_Strict):
+    """The promotion gate's benchmark (``expertmux policies promote``): a routing matrix and split."""
+
+    data: str  # routing-matrix folder; relative paths resolve against the project root
+    split: str = "test"
+    min_gain: float = Field(0.0, ge=0)  # aiq the candidate must gain over the active version
+    tolerance: float = Field(0.0, ge=0)  # utility at the served λ it may lose
+
+
 class PolicyConfig(_Strict):
     active: str = "prior"
     lambda_: float = Field(0.0, alias="lambda", ge=0)
@@ -112,13 +143,28 @@ class PolicyConfig(_Strict):
     # latency exceeds the SLO are avoided while any other candidate meets it.
     latency_weight: float = Field(0.0, ge=0)
     latency_slo_s: float | None = Field(None, gt=0)
+    exploration: ExplorationConfig | None = None  # default: none (the policy's own choice)
+    gate: GateConfig | None = None  # default: compare the figures recorded in the manifests
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TuningConfig(_Strict):
+    """The evaluation set behind the dashboard's cost–quality curves (router/tuning.py): a routing
+    matrix folder (relative paths: against the project root), its split, and which matrix model
+    each expert stands for ({model: expert}; an expert named like a model needs no entry)."""
+
+    data: str
+    split: str = "test"
+    expert_map: dict[str, str] = Field(default_factory=dict)
+    max_rows: int = Field(2000, gt=0)  # a seeded sample of the split when it is larger
 
 
 class AppConfig(_Strict):
     experts: list[ExpertConfig]
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    judge: JudgeConfig | None = None  # off by default
+    tuning: TuningConfig | None = None  # off: the dashboard shows no curve
 
     @field_validator("experts")
     @classmethod
@@ -130,6 +176,14 @@ class AppConfig(_Strict):
         if not experts:
             raise ValueError("at least one expert is required")
         return experts
+
+    @model_validator(mode="after")
+    def _judge_expert_exists(self) -> AppConfig:
+        if self.judge is not None and self.judge.expert not in {e.name for e in self.experts}:
+            raise ValueError(f"judge.expert {self.judge.expert!r} is not an expert of this config")
+        if self.judge is not None and self.judge.scale_max <= self.judge.scale_min:
+            raise ValueError("judge.scale_max must be greater than judge.scale_min")
+        return self
 
     @model_validator(mode="after")
     def _link_r2r(self) -> AppConfig:

@@ -67,6 +67,12 @@ class NotFoundError(ExpertmuxError):
     code = "not_found"
 
 
+class ConflictError(ExpertmuxError):
+    status = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
@@ -109,6 +115,14 @@ class ShuttingDownError(ExpertmuxError):
     status = 503
     error_type = "server_error"
     code = "shutting_down"
+
+
+class LedgerUnavailableError(ExpertmuxError):
+    """The ledger database cannot take a write the caller must not lose silently (e.g. feedback)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "ledger_unavailable"
 
 
 class ConfigError(ExpertmuxError):

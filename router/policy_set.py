@@ -29,6 +29,7 @@ from policies import available_policies, create_policy
 from policies.registry import get_policy_class
 from router.config import PolicyConfig
 from router.errors import ConfigError, ModelNotFoundError, PolicyError
+from router.exploration import Explorer
 from router.types import ExpertInfo, RouteRequest
 
 log = logging.getLogger("expertmux.policies")
@@ -69,6 +70,7 @@ class PolicySet:
         self._policies: dict[str, Any] = {}
         self._status: dict[str, PolicyStatus] = {}
         self._lock = threading.Lock()
+        self.explorer = Explorer(config.exploration) if config.exploration is not None else None
         for name in available_policies():
             cls = get_policy_class(name)
             if cls.uses_labels:
@@ -115,6 +117,19 @@ class PolicySet:
     def pareto(self, name: str, request: RouteRequest, *, unavailable: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Predicted quality and cost of every candidate for this prompt, and the non-dominated ones."""
         return self.get(name).pareto_front(request, lambda_=self.default_lambda, unavailable=unavailable)
+
+    def tune(self, *, active: str | None = None, lambda_: float | None = None) -> dict[str, Any]:
+        """Switch the active policy and/or the default λ of the running service (in memory, at
+        once for the next request). An unservable policy or a negative λ changes nothing."""
+        if active is not None:
+            self.get(active)  # raises ModelNotFoundError naming the servable ones
+        if lambda_ is not None and not (lambda_ >= 0 and lambda_ < float("inf")):
+            raise PolicyError(f"λ must be a finite number ≥ 0, not {lambda_!r}")
+        with self._lock:
+            update = {k: v for k, v in (("active", active), ("lambda_", lambda_)) if v is not None}
+            self.config = self.config.model_copy(update=update)
+        log.info("routing now uses policy %s with λ=%g", self.config.active, self.config.lambda_)
+        return {"active": self.config.active, "lambda": self.config.lambda_}
 
     def reload(self, name: str, artifact: str | Path | None = None) -> dict[str, Any]:
         """Load ``name``'s artifact (the given one, else the configured one), bind it to the experts

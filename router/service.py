@@ -8,6 +8,7 @@ ledger row, handed to the batched writer after the response (never on the respon
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,8 @@ from router.protocol import ChatCompletionRequest, parse_chat_request
 from router.settings import Settings
 from router.trace import AttemptTrace, RequestTrace
 from router.types import Decision, RouteRequest, RoutingOptions
+
+log = logging.getLogger("expertmux.service")
 
 ROUTER_PREFIX = "expertmux/"
 _STANDARD_USAGE = {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"}
@@ -83,12 +86,18 @@ class RoutingService:
         self.budgets = budgets
         self.load = LatencyTracker()
         self.draining = False  # set when a graceful shutdown begins
+        # Called with each finished RequestTrace on the event loop (e.g. the judge); must be cheap.
+        self.finish_hooks: list[Callable[[RequestTrace], None]] = []
         self.open_ids: set[str] = set()  # requests being served (their ledger row is not submitted yet)
+        from router.agent_service import AgentService  # generation strategies served next to the policies
+
+        self.agent = AgentService.create(self)  # expertmux/router-r1, or None when disabled
 
     # -- public ---------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
         """What ``/v1/models`` lists: the router's virtual models, then the experts."""
-        return [AUTO_MODEL] + [ROUTER_PREFIX + p for p in self.policies.names()] + self.experts.names
+        agents = [self.agent.model_id] if self.agent is not None else []
+        return [AUTO_MODEL] + [ROUTER_PREFIX + p for p in self.policies.names()] + agents + self.experts.names
 
     async def chat(self, read_body: Callable[[], Awaitable[bytes]], *, api_key: str | None = None) -> ChatOutcome:
         """Serve one chat request; ``read_body`` returns the raw JSON body (or raises on a size limit)."""
@@ -107,6 +116,10 @@ class RoutingService:
                 raise PromptTooLongError(
                     f"prompt has {len(prompt)} characters; this deployment accepts at most {self.settings.max_prompt_chars}",
                     param="messages")
+            if self.agent is not None and req.model == self.agent.model_id:  # a multi-round generation strategy
+                outcome = await self.agent.serve(trace, req, prompt, key)
+                streaming = outcome.stream is not None  # the stream records the request when it ends
+                return outcome
             trace.decision = self._route(req, prompt)
             payload = req.upstream_payload()
             if key is not None and key.limited:
@@ -187,6 +200,8 @@ class RoutingService:
         if cfg.latency_weight > 0 or cfg.latency_slo_s is not None:
             expected = {n: self.load.expected_s(n, self.experts[n].in_flight, self.experts[n].slots) for n in decision.scores}
             decision = adjust_for_load(decision, expected, weight=cfg.latency_weight, slo_s=cfg.latency_slo_s)
+        if self.policies.explorer is not None:  # last: the logged propensities are those of the final draw
+            decision = self.policies.explorer.apply(decision)
         self.metrics.decision.labels(name).observe(time.perf_counter() - t0)
         return decision
 
@@ -295,6 +310,8 @@ class RoutingService:
             if isinstance(extra.get("cost_usd"), int | float):
                 attempt.cost_usd = float(extra["cost_usd"])
         attempt.status = "ok"
+        if self.finish_hooks:
+            attempt.answer = text
         expert.breaker.record_success()
         self.load.observe(expert.name, attempt.latency_ms / 1000, attempt.queue_at_start, expert.slots)
         self.metrics.expert_calls.labels(expert.name, "ok").inc()
@@ -323,6 +340,11 @@ class RoutingService:
             trace.status = "error"
         record = trace.to_record()
         self.ledger.submit(record)
+        for hook in self.finish_hooks:
+            try:
+                hook(trace)
+            except Exception:  # a hook must never cost a request its answer or its row
+                log.exception("finish hook %r failed", hook)
         row = record.request
         expert = row["expert"] or "-"
         self.metrics.requests.labels(row["requested_model"] or "-", row["policy"] or "-", expert, row["status"]).inc()

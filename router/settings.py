@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     require_api_keys: bool | None = Field(None, description="default: keys required unless the proxy listens on loopback only")
     admin_token: SecretStr | None = Field(None, description="bearer token of the admin API and dashboard; unset = admin API off")
     key_cache_ttl_s: float = Field(5.0, ge=0, description="how long a key lookup is cached (revocation delay)")
+    registry_poll_s: float = Field(5.0, ge=0, description="how often the policy registry's active versions are applied; 0 = never")
 
     @property
     def auth_required(self) -> bool:

@@ -29,6 +29,7 @@ class AttemptTrace:
     error: str | None = None
     usage_details: dict[str, Any] | None = None
     queue_at_start: float = 0.0  # requests ahead of this one at the expert (load-aware routing)
+    answer: str | None = None  # the answer text, kept only while the request is handled (judge)
 
     def row(self, request_id: str) -> dict[str, Any]:
         return {"request_id": request_id, "attempt_no": self.attempt_no, "expert": self.expert,

@@ -82,6 +82,7 @@ class Decision:
             "policy_version": self.policy_version,
             "scores": self.scores,
             "propensities": self.propensities,
+            "propensity": self.propensities.get(self.expert),  # of the chosen expert (off-policy estimators)
             "ranking": self.ranking,
             "reason": self.reason,
             **({"expected_latency_s": self.expected_latency_s} if self.expected_latency_s else {}),

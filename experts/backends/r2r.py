@@ -13,7 +13,7 @@ import sys
 from experts.backends.process import ProcessBackend
 from experts.model_files import GEMMA3, SMOLLM2, resolve_gguf
 from experts.r2r import DEFAULT_ROUTER_DIR
-from experts.r2r.prompts import default_format
+from experts.r2r.prompts import FORMATS, default_format
 from router.errors import BackendError, ConfigError
 
 API_KEY_ENV = "EXPERTMUX_R2R_API_KEY"  # remote mode: handed to the server process, never on its command line
@@ -55,7 +55,11 @@ class R2RBackend(ProcessBackend):
         opts = self.config.r2r
         slm, llm = self.models
         router = opts.router or str(DEFAULT_ROUTER_DIR)
+        formats = (opts.slm_format or default_format(slm), opts.llm_format or default_format(llm))
         try:
+            for fmt in formats:
+                if fmt not in FORMATS:
+                    raise ConfigError(f"unknown r2r prompt format {fmt!r}; known: {', '.join(FORMATS)}")
             load_artifact(router)  # a missing or corrupted router fails here, with its own message
             if opts.mode == "local":  # resolve (and assemble) packaged weights once, in the proxy
                 slm_arg = str(resolve_gguf(slm, data_dir=self.data_dir))
@@ -67,8 +71,8 @@ class R2RBackend(ProcessBackend):
         cmd = [
             sys.executable, "-m", "experts.r2r.server",
             "--slm", slm_arg, "--llm", llm_arg,
-            "--slm-format", opts.slm_format or default_format(slm),
-            "--llm-format", opts.llm_format or default_format(llm),
+            "--slm-format", formats[0],
+            "--llm-format", formats[1],
             "--router", router,
             "--model-alias", self.config.name,
             "--host", "127.0.0.1", "--port", str(port),

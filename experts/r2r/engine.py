@@ -134,6 +134,8 @@ class R2REngine:
         except ContextFullError:
             stats.finish_reason = "length"
         finally:
+            if llm_t.started:
+                llm_t.stats.unevaluated = max(0, len(llm_t.ids) - llm_t.n_cached)
             stats.slm, stats.llm = slm_t.stats, llm_t.stats
             stats.seconds = time.perf_counter() - t0
         return stats

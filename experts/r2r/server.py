@@ -40,15 +40,22 @@ def _error(status: int, message: str, error_type: str = "invalid_request_error",
 def _parse(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
         raise InvalidRequestError("'messages' must be a non-empty list")
-    if int(body.get("n") or 1) != 1:
+    if not all(isinstance(m, dict) for m in body["messages"]):
+        raise InvalidRequestError("every message must be an object with 'role' and 'content'")
+    if body.get("n") not in (None, 1):
         raise InvalidRequestError("only n=1 is supported")
     stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else [] if stop is None else None
+    if stops is None or not all(isinstance(s, str) for s in stops):
+        raise InvalidRequestError("'stop' must be a string or a list of strings")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequestError("max_tokens must be a positive integer")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequestError("'stream_options' must be an object")
     return {"messages": body["messages"], "max_tokens": max_tokens, "stop": stops, "stream": bool(body.get("stream")),
-            "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
+            "include_usage": bool(options.get("include_usage"))}
 
 
 def create_app(service: R2RService, model_id: str) -> Starlette:
@@ -65,6 +72,10 @@ def create_app(service: R2RService, model_id: str) -> Starlette:
             return _error(400, exc.message if isinstance(exc, ExpertmuxError) else f"invalid JSON body: {exc}")
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id}
         if req["stream"]:
+            try:
+                service.check(req["messages"])
+            except ExpertmuxError as exc:
+                return _error(exc.status, exc.message, exc.error_type, exc.code)
             return StreamingResponse(_stream(service, req, base), media_type="text/event-stream")
         try:
             out = await asyncio.to_thread(service.run, req["messages"], max_tokens=req["max_tokens"], stop=req["stop"])
@@ -176,10 +187,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.mode == "remote" and not (args.slm_endpoint and args.llm_endpoint):
         p.error("remote mode needs --slm-endpoint and --llm-endpoint")
-    from experts.r2r.prompts import default_format
+    from experts.r2r.prompts import FORMATS, default_format
 
     args.slm_format = args.slm_format or default_format(args.slm)
     args.llm_format = args.llm_format or default_format(args.llm)
+    for fmt in (args.slm_format, args.llm_format):
+        if fmt not in FORMATS:
+            p.error(f"unknown prompt format {fmt!r}; known: {', '.join(FORMATS)}")
     return args
 
 

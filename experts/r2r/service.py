@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from experts.r2r.engine import GenerationStats
+from experts.r2r.engine import LLM, SLM, GenerationStats
 from experts.r2r.routers import Router
 from experts.r2r.usage import Prices, usage
 
@@ -67,6 +67,15 @@ class R2RService:
         self.prices = prices
         self.default_max_tokens = default_max_tokens
         self._lock = threading.Lock()
+
+    def check(self, messages: list[dict[str, Any]]) -> None:
+        """Refuse a prompt either model cannot hold before a stream starts (a 400, not an error event).
+
+        Tokenising reads only the vocabulary, so it needs no lock."""
+        prompt_ids = getattr(self.engine, "prompt_ids", None)
+        if prompt_ids is not None:
+            for which in (SLM, LLM):
+                prompt_ids(which, messages)
 
     def run(self, messages: list[dict[str, Any]], *, max_tokens: int | None, stop: list[str] | None = None,
             on_piece: Callable[[str], None] | None = None, cancelled: Callable[[], bool] = lambda: False) -> Outcome:

@@ -32,6 +32,7 @@ class TrackStats:
     generated_evaluated: int = 0  # transcript tokens evaluated (own and the other model's)
     retokenized: int = 0  # cached tokens rolled back because the tail re-tokenised differently
     syncs: int = 0
+    unevaluated: int = 0  # tokens written but never read back (the model's last token, usually)
     prompt_seconds: float = 0.0  # time spent evaluating the prompt
     eval_seconds: float = 0.0  # time spent evaluating transcript tokens
 

@@ -10,7 +10,7 @@ app = typer.Typer(name="expertmux", help="Self-hosted multi-LLM query router.", 
 
 def _register() -> None:
     # Each module adds its commands to `app`; imports stay light (heavy work is inside commands).
-    from router.cli import db, eval, experts, keys, serve, train, train_policies  # noqa: F401
+    from router.cli import db, eval, experts, keys, policies, serve, train, train_policies  # noqa: F401
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
 
 @app.command("eval")
 def eval_command(
-    data: Path = typer.Option(..., "--data", "-d", help="routing-matrix folder (matrix.parquet + models.json)"),
+    data: Path = typer.Option(None, "--data", "-d", help="routing-matrix folder (matrix.parquet + models.json)"),
     policies: str = typer.Option(None, "--policies", "-p", help="comma-separated policy names (default: all baselines; "
                                  "'seed': the baselines and the seed policies)"),
     split: str = typer.Option("test", "--split", "-s", help="evaluation split (train always trains)"),
@@ -44,8 +44,43 @@ def eval_command(
     param: list[str] = typer.Option([], "--param", help="policy hyperparameter, e.g. knn.k=20 (repeatable)"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="embedding cache (default: <data_dir>/cache/embeddings)"),
     config: Path = typer.Option(None, "--config", "-c", help="expertmux config (only for data_dir)"),
+    ledger: bool = typer.Option(False, "--ledger", help="estimate --policy on logged traffic (IPS, SNIPS, DR) instead"),
+    policy: str = typer.Option(None, "--policy", help="with --ledger: the candidate policy"),
+    artifact: Path = typer.Option(None, "--artifact", help="with --ledger: judge this artifact (default: the configured one)"),
+    db: str = typer.Option(None, "--db", help="with --ledger: database URL (default: the configured ledger)"),
+    since: str = typer.Option(None, "--since", help="with --ledger: requests from this date/time on (ISO, UTC)"),
+    until: str = typer.Option(None, "--until", help="with --ledger: requests before this date/time (ISO, UTC)"),
+    min_feedback: int = typer.Option(1, "--min-feedback", min=1, help="with --ledger: feedback rows a request needs"),
+    sources: str = typer.Option("user,judge,auto", "--sources", help="with --ledger: feedback sources"),
+    lambda_: float = typer.Option(None, "--lambda", help="with --ledger: the candidate's λ (default: the config's)"),
+    clip: float = typer.Option(None, "--clip", min=1.0, help="with --ledger: clip importance weights here"),
+    ci: str = typer.Option("clt", "--ci", help="with --ledger: clt | bootstrap intervals"),
+    reward_model: str = typer.Option("mean", "--reward-model", help="with --ledger: DR reward model, mean | candidate"),
+    models: str = typer.Option(None, "--models", help="with --policy router-r1: candidate experts (default: those it trained with)"),
+    queries: int = typer.Option(60, "--queries", min=1, help="with --policy router-r1: evaluation queries (a fixed sample)"),
 ) -> None:
-    """Fit each policy on the train rows, sweep λ on the evaluation split, report the metrics."""
+    """Fit each policy on the train rows, sweep λ on the evaluation split, report the metrics.
+    With --ledger: estimate one policy's quality and cost on logged traffic (off-policy)."""
+    if ledger:
+        from router.cli.ledger import run_eval
+
+        if not policy:
+            fail("--ledger needs --policy NAME")
+        run_eval(policy=policy, artifact=artifact, db=db, since=since, until=until, min_feedback=min_feedback,
+                 sources=sources, lam=lambda_, clip=clip, ci=ci, reward_model=reward_model, config=config,
+                 cache_dir=cache_dir, json_out=json_out)
+        return
+    if policy == "router-r1":  # multi-round: episodes in the routing-matrix environment
+        from router.cli.train_router_r1 import run_eval as run_router_r1_eval
+
+        if data is None:
+            fail("--policy router-r1 needs --data DIR (a routing matrix)")
+        run_router_r1_eval(data=data, artifact=artifact, models=models, split=split, n=queries,
+                           policies=policies if policies is not None else "knn,tryage,coe", json_out=json_out,
+                           markdown_out=markdown_out, config=config)
+        return
+    if data is None:
+        fail("give --data DIR (a routing matrix), or --ledger --policy NAME (logged traffic)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from policies.data import RoutingData

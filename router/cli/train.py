@@ -136,3 +136,6 @@ def _summary(manifest: dict, path: Path) -> None:
         table.add_row(name, value)
     console.print(table)
     console.print(f"[green]✓[/] artifact written to {path}")
+
+
+from router.cli import train_router_r1  # noqa: E402,F401  (registers `train router-r1`)

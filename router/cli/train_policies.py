@@ -17,6 +17,9 @@ from typing import Any
 import typer
 
 from router.cli.common import console, fail, load_settings
+from router.cli.ledger import LEDGER_OPTIONS
+from router.cli.ledger import run_train as run_ledger_training
+from router.cli.ledger import train_parameters as ledger_train_parameters
 from router.cli.train import train_app
 from router.errors import ExpertmuxError
 
@@ -141,17 +144,24 @@ def _make_command(policy: str):
 
     def command(**kwargs: Any) -> None:
         common = {k: kwargs.pop(k) for k in ("data", "out", "eval_split", "flat", "cache_dir", "config", "param")}
+        ledger = {k: kwargs.pop(k) for k in LEDGER_OPTIONS}
         values = {}
         for name, value in kwargs.items():
             if name in lists and isinstance(value, str):
                 value = _parse_list(value, hints[name])
             values[name] = value
         extra = common.pop("param") or []
+        if ledger["ledger"]:  # learn from logged traffic (router/cli/ledger.py)
+            run_ledger_training(policy, {**values, **_parse_params(extra)}, ledger, out=common["out"],
+                                cache_dir=common["cache_dir"], config=common["config"])
+            return
+        if common["data"] is None:
+            fail("give --data DIR (a routing matrix) or --ledger (logged traffic with feedback)")
         _run(policy, values, extra=extra, **common)
 
     params = [
-        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(..., "--data", "-d", help="routing-matrix folder (matrix.parquet + models.json)")),
+        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+                          default=typer.Option(None, "--data", "-d", help="routing-matrix folder (matrix.parquet + models.json)")),
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
                           default=typer.Option(None, "--out", "-o", help=f"artifact root (default: <data_dir>/policies/{policy}); "
                                                "the artifact goes into its next version folder v1, v2, ...")),
@@ -166,6 +176,7 @@ def _make_command(policy: str):
         inspect.Parameter("param", inspect.Parameter.KEYWORD_ONLY, annotation=list[str],
                           default=typer.Option([], "--param", help="any hyperparameter as NAME=VALUE (JSON values parse)")),
     ]
+    params += ledger_train_parameters()
     for name, default, kind, is_list in hyper:
         flag = "--" + name.replace("_", "-")
         help_text = "comma-separated list" if is_list else None
@@ -179,7 +190,8 @@ def _make_command(policy: str):
     command.__name__ = f"train_{policy}"
     own = cls.__dict__.get("__doc__") or inspect.getmodule(cls).__doc__ or ""
     doc = inspect.cleandoc(own).split("\n\n")[0].replace("\n", " ")
-    command.__doc__ = f"Fit '{policy}' on the train rows of a routing matrix and write a versioned artifact. {doc}"
+    command.__doc__ = (f"Fit '{policy}' on the train rows of a routing matrix (--data) or on logged traffic (--ledger) "
+                       f"and write a versioned artifact. {doc}")
     return command
 
 

@@ -47,6 +47,13 @@ class RequestRow(Base):
         Index("ix_requests_created_at", "created_at"),
         Index("ix_requests_expert_created", "expert", "created_at"),
         Index("ix_requests_api_key", "api_key_id"),
+        # Dashboard (migration 0005): keyset pagination of the ledger browser, one index per filter
+        # ending in created_at, and a covering index for the overview's aggregates over a time range.
+        Index("ix_requests_created_id", "created_at", "id"),
+        Index("ix_requests_policy_created", "policy", "created_at"),
+        Index("ix_requests_status_created", "status", "created_at"),
+        Index("ix_requests_key_created", "api_key_id", "created_at"),
+        Index("ix_requests_overview", "created_at", "expert", "status", "latency_ms", "cost_usd"),
     )
 
 
@@ -80,6 +87,8 @@ class FeedbackRow(Base):
     source: Mapped[str] = mapped_column(String(16))  # user | judge | auto
     comment: Mapped[str | None] = mapped_column(Text)
 
+    __table_args__ = (Index("ix_feedback_created", "created_at", "request_id", "score"),)  # dashboard quality (0005)
+
 
 class ExpertRow(Base):
     """The experts as configured, synced at start-up (so ledger rows can be joined to prices)."""
@@ -110,8 +119,29 @@ class PolicyVersionRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifact_path: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    provenance: Mapped[dict[str, Any] | None]  # where the version came from (data, ledger slice, command)
+    promoted_at: Mapped[datetime | None]  # last time it became the active version
 
     __table_args__ = (Index("uq_policy_version", "policy", "version", unique=True),)
+
+
+class PolicyEventRow(Base):
+    """The registry's history: every registration, promotion (or refusal) and rollback, by whom and why."""
+
+    __tablename__ = "policy_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    policy: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))  # register | promote | refuse | rollback
+    version: Mapped[str | None] = mapped_column(String(128))  # the version the action is about
+    previous_version: Mapped[str | None] = mapped_column(String(128))  # active before it (promote, rollback)
+    actor: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    gate: Mapped[dict[str, Any] | None]  # the comparison that decided a promotion
+
+    __table_args__ = (Index("ix_policy_events_policy", "policy", "id"),)
 
 
 class ApiKeyRow(Base):

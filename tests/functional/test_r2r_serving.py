@@ -85,6 +85,10 @@ def test_non_streaming_records_the_token_split_and_cost(r2r_app, client):
     # priced with both models: at least the SLM's prompt and every position at the SLM's prices
     assert d["cost_usd"] >= (row.prompt_tokens * 0.05 + row.completion_tokens * 0.10) / 1e6 - 1e-12
     assert d["router"] == "learned" and "router_version" in d
+    # each model's own counts and cost: the SLM decodes every position, the LLM writes its share
+    assert d["slm_output_tokens"] == row.completion_tokens and d["llm_output_tokens"] == d["llm_tokens"]
+    assert d["slm_input_tokens"] == row.prompt_tokens and d["llm_input_tokens"] >= (d["llm_tokens"] > 0)
+    assert d["slm_cost_usd"] + d["llm_cost_usd"] == pytest.approx(d["cost_usd"])
 
 
 def test_streaming_through_the_proxy(r2r_app, client):

@@ -74,7 +74,7 @@ def test_handover_fast_path_evaluates_only_unseen_tokens():
     # the LLM: its prompt once, then the four SLM tokens it had not seen, in one batch; its own
     # " a" is never evaluated because it is not asked again
     assert [len(b) for b in llm.eval_log] == [n_prompt, 4]
-    assert stats.llm.generated_evaluated == 4 and stats.llm.retokenized == 0
+    assert stats.llm.generated_evaluated == 4 and stats.llm.retokenized == 0 and stats.llm.unevaluated == 1
     # the SLM evaluates every transcript token exactly once, the LLM's included
     assert slm.evaluated == n_prompt + len(steps) and stats.slm.retokenized == 0
 
@@ -194,3 +194,51 @@ def test_proposals_carry_features():
     p = router.seen[0]
     assert p.piece == b" the" and p.position == 0 and not p.is_eog
     assert len(p.top_logprobs) == 10 and p.top_logprobs[0] >= p.top_logprobs[1] and 0 < p.top_prob <= 1
+
+
+def test_llm_reads_its_own_unevaluated_token_with_the_catch_up_and_can_end_the_answer():
+    slm, llm, engine = shared_pair()
+    steps, stats = run(engine, AtPositions({4, 6}))  # " a" by the LLM, " mat" by the SLM, then the LLM again
+    assert text_of(steps) == LLM_SAYS and [s.writer for s in steps] == [SLM] * 4 + [LLM, SLM]
+    assert stats.finish_reason == "stop" and stats.llm_tokens == 1  # the LLM's end of text is not a token
+    n_prompt = len(llm.tokenize(PROMPT))
+    v = llm.vocab.index
+    # second turn: its own " a" (written, never evaluated) and the SLM's " mat", in one batch
+    assert llm.eval_log[1:] == [[v(b" the"), v(b" cat"), v(b" sat"), v(b" on")], [v(b" a"), v(b" mat")]]
+    assert llm.evaluated == n_prompt + len(steps) and stats.llm.unevaluated == 0
+
+
+class SmallContext(ToyLM):
+    def __init__(self, *args, n_ctx: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._n_ctx = n_ctx
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+
+def test_context_limits_end_with_length_or_refuse_the_prompt():
+    from router.errors import PromptTooLongError
+
+    vocab = words(SLM_SAYS, LLM_SAYS)
+    n_prompt = len(ToyLM(vocab, []).tokenize(PROMPT))
+    slm = SmallContext(vocab, [SLM_SAYS], name="slm", n_ctx=n_prompt + 3)
+    engine = R2REngine(slm, ToyLM(vocab, [LLM_SAYS]), slm_format="plain", llm_format="plain")
+    steps, stats = run(engine, NeverRouter())
+    assert stats.finish_reason == "length" and 0 < len(steps) <= 4  # the context filled up: a clean end, no error
+    tiny = R2REngine(SmallContext(vocab, [SLM_SAYS], n_ctx=n_prompt), ToyLM(vocab, [LLM_SAYS]), slm_format="plain",
+                     llm_format="plain")
+    with pytest.raises(PromptTooLongError, match="context holds"):
+        run(tiny, NeverRouter())
+
+
+def test_a_hidden_state_router_needs_an_slm_that_exposes_them():
+    from router.errors import ConfigError
+
+    class ReadsHidden(NeverRouter):
+        needs_hidden = True
+
+    _, _, engine = shared_pair()
+    with pytest.raises(ConfigError, match="hidden"):
+        run(engine, ReadsHidden())

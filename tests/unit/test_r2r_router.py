@@ -174,3 +174,94 @@ def test_dense_features_shape_and_flags():
     f = dense_features(p)
     assert f.shape == (N_DENSE,) and np.isfinite(f).all()
     assert f[2] == -30.0  # missing top-k entries sit at the floor
+
+
+REF = b" The answer is 4."
+
+
+@pytest.mark.parametrize("slm_targets, llm_branches, similarity, kind, reason", [
+    # the SLM says " result" where the LLM said " answer"; continued, the branch states the same answer
+    ([b" The result is 4.", REF], [b" The result is 4."], 0.8, "neutral", "answer"),
+    # the SLM says " 5." where the LLM said " 4.": a different final answer
+    ([b" The answer is 5.", REF], [b" The answer is 5."], 0.8, "divergent", "answer"),
+    # no answer stated: " the" for " a" in a sentence the LLM then finishes alike (similar enough words) …
+    ([b" the cat sat on the mat", b" the cat sat on a mat"], [b" the cat sat on the mat"], 0.4, "neutral", "meaning"),
+    # … or leaves (the branch ends at once: its meaning differs)
+    ([b" the cat sat on the mat", b" the cat sat on a mat"], [], 0.4, "divergent", "meaning"),
+])
+def test_labels_on_toy_continuations(slm_targets, llm_branches, similarity, kind, reason):
+    ref = REF if b"4" in slm_targets[1] else b" the cat sat on a mat"
+    vocab = words(ref, *slm_targets, *llm_branches)
+    slm = ToyLM(vocab, slm_targets, name="slm")
+    llm = ToyLM(vocab, [ref, *llm_branches], name="llm")
+    engine = R2REngine(slm, llm, slm_format="plain", llm_format="plain")
+    rows, stats = label_prompts(engine, [MSGS], cfg=LabelConfig(gen_tokens=16, judge_tokens=4, judge="lexical",
+                                                                similarity=similarity))
+    assert stats.differ == stats.judged == 1 and stats.agree == stats.positions - 1
+    assert stats.by_reason == {f"{reason}:{kind}": 1}
+    assert sorted(set(rows.kind)) == sorted({"agree", kind})
+    judged = rows.kind.index(kind)
+    assert rows.label[judged] == float(kind == "divergent") and sum(rows.label) == float(kind == "divergent")
+    # the labelled row carries the SLM's own proposal at the point where the paths part
+    proposed = next(t for t in (b" result", b" 5.", b" the") if t in slm_targets[0])
+    assert rows.bucket[judged] == token_bucket(proposed)
+    # the reference and every branch are written by the LLM, whose cache is rolled back, not refilled
+    assert llm.evaluated < 3 * len(llm.tokenize(b"Question: where is the cat?\nAnswer:" + ref))
+
+
+def _edit_manifest(path, **changes):
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(changes)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _edit_manifest(p, format_version=99), "format_version 99 is not supported"),
+    (lambda p: _edit_manifest(p, files={}), "lists no weights.safetensors"),
+    (lambda p: _edit_manifest(p, files={WEIGHTS: {"sha256": "0" * 64}}), "corrupted"),
+    (lambda p: (p / WEIGHTS).write_bytes(b""), "corrupted"),
+])
+def test_manifest_and_weights_must_agree(tmp_path, damage, message):
+    path = _artifact(tmp_path)
+    damage(path)
+    with pytest.raises(RouterArtifactError, match=message):
+        LearnedRouter.load(path)
+
+
+def test_weights_of_another_feature_set_are_refused(tmp_path):
+    weights = dict(load_artifact(_artifact(tmp_path)).weights)
+    with pytest.raises(RouterArtifactError, match="do not match this feature set"):
+        RouterNet({**weights, "dense_mean": np.zeros(N_DENSE + 1, np.float32)})
+    with pytest.raises(RouterArtifactError, match="first layer takes"):
+        RouterNet({**weights, "w1": np.zeros((4, 3), np.float32)})
+    hidden_net = RouterNet({**weights, "hidden_mean": np.zeros(2, np.float32), "hidden_std": np.ones(2, np.float32),
+                            "w1": np.zeros((4, weights["w1"].shape[1] + 2), np.float32)})
+    with pytest.raises(RouterArtifactError, match="needs the SLM's hidden states"):
+        hidden_net.score(np.zeros(N_DENSE, np.float32), np.asarray(1))
+
+
+def test_train_r2r_cli_fits_saved_labels_and_names_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from router.cli import _register, app
+
+    _register()
+    from experts.r2r.labels import LabelStats
+
+    fake = _fake_labels()
+    fake.meta["stats"] = LabelStats(prompts=40, positions=400, agree=300, differ=100, judged=100, divergent=20).as_dict()
+    labels = fake.save(tmp_path / "labels")
+    runner = CliRunner()
+    out = tmp_path / "router"
+    result = runner.invoke(app, ["train", "r2r", "--slm", "toy-slm", "--llm", "toy-llm", "--labels", str(labels),
+                                 "--out", str(out), "--flat", "--epochs", "30", "--hidden-units", "8"])
+    assert result.exit_code == 0, result.output
+    assert "artifact written to" in result.output and "validation ROC-AUC" in result.output
+    router = LearnedRouter.load(out)
+    assert router.artifact.manifest["hyperparameters"]["train"]["epochs"] == 30 and not router.needs_hidden
+    for args, message in ((["--features", "both"], "--features must be"), ([], "give --prompts"),
+                          (["--judge", "vibes", "--labels", str(labels)], "--judge must be"),
+                          (["--labels", str(labels), "--features", "hidden", "--out", str(tmp_path / "h")],
+                           "needs labels collected with the SLM's hidden states")):
+        bad = runner.invoke(app, ["train", "r2r", "--slm", "a", "--llm", "b", *args])
+        assert bad.exit_code != 0 and message in bad.output, bad.output

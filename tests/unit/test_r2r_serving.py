@@ -188,3 +188,142 @@ def test_backend_command(tmp_path):
 def test_proposal_top_prob():
     p = Proposal(token=1, piece=b"x", is_eog=False, position=0, top_logprobs=np.log(np.array([0.25], np.float32)))
     assert p.top_prob == pytest.approx(0.25)
+
+
+def _toy_engine(llm_cls=ToyLM, **llm_kw):
+    from experts.r2r.engine import R2REngine
+
+    vocab = words(b" the cat sat on the mat", b" the cat sat on a mat")
+    slm = ToyLM(vocab, [b" the cat sat on the mat", b" the cat sat on a mat"], name="slm")
+    llm = llm_cls(vocab, [b" the cat sat on a mat"], name="llm", **llm_kw)
+    return R2REngine(slm, llm, slm_format="plain", llm_format="plain")
+
+
+@pytest.mark.parametrize("stops, text", [
+    ([" sat"], " the cat"),
+    (["t s"], " the ca"),  # the stop spans two tokens (" cat" " sat")
+    (["on", "cat s"], " the "),  # the earliest of several wins
+    (["zzz"], " the cat sat on a mat"),
+])
+def test_stop_strings_cut_the_text_and_the_generation(stops, text):
+    engine = _toy_engine()
+    service = R2RService(engine, AtPositions({4}), Prices())
+    pieces: list[str] = []
+    out = service.run(MSGS, max_tokens=20, stop=stops, on_piece=pieces.append)
+    assert out.text == "".join(pieces) == text
+    assert out.finish_reason == "stop"
+    if "zzz" not in stops:
+        # generation ended at the stop, before the router's hand-over at position 4: the LLM never ran
+        assert engine.llm.evaluated == 0 and out.usage["llm_tokens"] == 0
+        assert out.usage["completion_tokens"] <= 3
+
+
+def test_usage_reports_each_models_tokens_and_cost():
+    engine = _toy_engine()
+    out = R2RService(engine, AtPositions({4}), Prices(slm_input=1, slm_output=2, llm_input=10, llm_output=20)).run(
+        MSGS, max_tokens=20)
+    u = out.usage
+    n_prompt = len(engine.slm.tokenize(b"Question: where is the cat?\nAnswer:"))
+    assert (u["slm_tokens"], u["llm_tokens"], u["completion_tokens"], u["llm_share"]) == (5, 1, 6, pytest.approx(1 / 6, abs=1e-4))
+    assert (u["slm_input_tokens"], u["slm_output_tokens"]) == (n_prompt, 6)  # the SLM decodes every position
+    assert (u["llm_input_tokens"], u["llm_output_tokens"]) == (n_prompt + 4, 1)  # its prompt + the four SLM tokens before its turn
+    assert u["slm_cost_usd"] == pytest.approx((n_prompt * 1 + 6 * 2) / 1e6)
+    assert u["llm_cost_usd"] == pytest.approx(((n_prompt + 4) * 10 + 1 * 20) / 1e6)
+    assert u["cost_usd"] == pytest.approx(u["slm_cost_usd"] + u["llm_cost_usd"])
+    assert u["router"] == "scripted"
+
+
+def test_remote_usage_counts_the_dropped_chunk_tokens():
+    slm = [" the", " cat", " sat", " on", " the", " mat"]
+    llm = [" the", " cat", " sat", " on", " a", " mat"]
+    transport, calls = scripted_servers(slm, llm)
+    pair = RemotePair(slm_url="http://slm/v1", slm_model="s", llm_url="http://llm/v1", llm_model="l",
+                      slm_format="plain", llm_format="plain", chunk=3, transport=transport)
+    out = R2RService(pair, AtPositions({4}), Prices(slm_output=1, llm_input=10)).run(MSGS, max_tokens=20)
+    u = out.usage
+    assert out.text == " the cat sat on a mat" and (u["slm_calls"], u["llm_calls"], u["slm_discarded_tokens"]) == (4, 1, 2)
+    assert u["slm_output_tokens"] == 5 + 2  # the SLM server generated the two dropped tokens too
+    llm_prompt = calls["llm"][0]["prompt"]
+    assert u["llm_input_tokens"] == 10 + len(llm_prompt.split("Answer:", 1)[1])  # what that server reported reading
+    assert u["cost_usd"] == pytest.approx((7 * 1 + u["llm_input_tokens"] * 10) / 1e6)
+
+
+def test_remote_mode_ends_on_the_slm_end_of_text_and_respects_max_tokens():
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        done = body["prompt"].split("Answer:", 1)[1]
+        out = ([" a", " b"] if not done else [])[: body["max_tokens"]]  # two tokens, then the end of sequence
+        finish = "length" if len(out) == body["max_tokens"] else "stop"
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": "".join(out), "finish_reason": finish,
+                                                      "logprobs": {"tokens": out, "top_logprobs": [{t: -0.1} for t in out]}}],
+                                         "usage": {"prompt_tokens": 7}})
+
+    pair = RemotePair(slm_url="http://slm/v1", slm_model="s", llm_url="http://llm/v1", llm_model="l", slm_format="plain",
+                      llm_format="plain", chunk=8, transport=httpx.MockTransport(handler))
+    steps, stats = run(pair, NeverRouter())
+    assert b"".join(s.piece for s in steps) == b" a b" and stats.finish_reason == "stop" and stats.extra["slm_calls"] == 1
+    steps, stats = run(pair, NeverRouter(), max_tokens=1)
+    assert len(steps) == 1 and stats.finish_reason == "length"
+
+
+@pytest.mark.parametrize("failure, message", [
+    (lambda request: httpx.Response(500, text="boom"), "answered 500: boom"),
+    (lambda request: (_ for _ in ()).throw(httpx.ConnectError("refused")), "unreachable"),
+])
+def test_remote_server_failures_are_expert_errors(failure, message):
+    from router.errors import ExpertError
+
+    pair = RemotePair(slm_url="http://slm/v1", slm_model="s", llm_url="http://llm/v1", llm_model="l", slm_format="plain",
+                      llm_format="plain", transport=httpx.MockTransport(failure))
+    with pytest.raises(ExpertError, match=message):
+        run(pair, NeverRouter())
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"messages": []}, "non-empty list"),
+    ({"messages": ["hi"]}, "every message must be an object"),
+    ({"messages": MSGS, "n": 2}, "only n=1"),
+    ({"messages": MSGS, "max_tokens": 0}, "positive integer"),
+    ({"messages": MSGS, "max_tokens": "5"}, "positive integer"),
+    ({"messages": MSGS, "stop": [1]}, "'stop' must be"),
+    ({"messages": MSGS, "stream": True, "stream_options": "yes"}, "'stream_options' must be"),
+])
+def test_server_refuses_bad_requests_with_openai_errors(toy_service, body, message):
+    client = TestClient(create_app(toy_service, "r2r:toy"))
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+    assert client.post("/v1/chat/completions", content=b"{nope").status_code == 400
+
+
+def test_a_prompt_too_long_is_a_400_even_when_streaming():
+    from tests.unit.test_r2r_engine import SmallContext
+
+    engine = _toy_engine(SmallContext, n_ctx=8)
+    client = TestClient(create_app(R2RService(engine, AtPositions({4}), Prices()), "r2r:toy"))
+    for stream in (False, True):
+        r = client.post("/v1/chat/completions", json={"messages": MSGS, "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", stream
+
+
+@pytest.mark.parametrize("r2r, message", [
+    ({"threshold": 1.5}, "less than or equal to 1"),
+    ({"remote_chunk": 0}, "greater than 0"),
+    ({"routr": "x"}, "Extra inputs are not permitted"),
+    ({"mode": "gpu"}, "'local' or 'remote'"),
+    ({"slm_expert": "r2r:small+big"}, "not a \\(non-r2r\\) expert"),
+    ({"llm_input_usd_per_mtok": -1}, "greater than or equal to 0"),
+])
+def test_config_validation(r2r, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**r2r)
+
+
+def test_unknown_prompt_format_fails_at_start(tmp_path):
+    from experts.backends import make_backend
+    from experts.r2r.server import parse_args
+
+    backend = make_backend(_config(slm_expert="small", llm_expert="big", llm_format="alpaca").experts[2], data_dir=tmp_path)
+    with pytest.raises(BackendError, match="unknown r2r prompt format 'alpaca'"):
+        backend.command(9999)
+    with pytest.raises(SystemExit):
+        parse_args(["--slm", "a", "--llm", "b", "--router", "r", "--slm-format", "alpaca"])
