@@ -171,7 +171,7 @@ bench-decisions: policies
 # --- ledger at scale ---------------------------------------------------------------------------
 # Every dashboard query and the training-set build on 1,000,000 synthetic requests, SQLite and
 # PostgreSQL (a throw-away cluster), before and after the dashboard's indexes (migration 0005).
-# About 15 minutes on two cores; the SQLite file (about 1.5 GB) lives in a temp dir under var/bench.
+# About 10 minutes on two cores; the SQLite file (1.4 GB) lives in a temp dir under var/bench.
 bench-ledger: install system-deps
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.ledger_scale --workdir $(BENCH_OUT) --json $(BENCH_OUT)/ledger_scale.json \

@@ -70,7 +70,7 @@ def _page(name: str, status_code: int = 200) -> Response:
     resp = FileResponse(STATIC / name, media_type="text/html", status_code=status_code)
     resp.headers["cache-control"] = "no-store"
     resp.headers["content-security-policy"] = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-                                               "script-src 'self' 'unsafe-eval'; frame-ancestors 'none'")
+                                               "script-src 'self'; frame-ancestors 'none'")
     return resp
 
 

@@ -54,7 +54,7 @@ class Environment(Protocol):
 
 @dataclass
 class TrainConfig:
-    steps: int = 8
+    steps: int = 4
     alpha: float = 0.2
     lora_r: int = 8
     lora_alpha: int = 16
@@ -63,15 +63,16 @@ class TrainConfig:
     num_generations: int = 4
     max_rounds: int = 2
     max_retries: int = 0
-    max_new_tokens: int = 48  # per step, thoughts included
-    think_budget: int = 24  # thoughts are closed after this many tokens (0: no budget)
+    max_new_tokens: int = 32  # per step, thoughts included
+    think_budget: int = 12  # thoughts are closed after this many tokens (0: no budget)
     temperature: float = 1.0
     seed: int = 0
     threads: int = 1
     device: str = "cpu"  # "cuda" for the GPU configuration (bfloat16)
     gradient_accumulation_steps: int = 1
     demonstration: bool = False  # a worked example before the question
-    warmup_steps: int = 0  # supervised format warm-up on scripted trajectories before GRPO (0: pure RL)
+    warmup_learning_rate: float = 1e-3
+    warmup_steps: int = 30  # supervised format warm-up on scripted trajectories before GRPO (0: pure RL)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def agent_config(self) -> AgentConfig:
@@ -131,7 +132,7 @@ def format_warmup(model, tok, env: Environment, cfg: TrainConfig, *, on_step: Ca
     from policies.router_r1.protocol import Answer, Search, render_step
 
     rng = random.Random(cfg.seed + 1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.warmup_learning_rate)
     model.train()
     losses = []
     for step in range(cfg.warmup_steps):
@@ -142,9 +143,9 @@ def format_warmup(model, tok, env: Environment, cfg: TrainConfig, *, on_step: Ca
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         ids, labels = list(ids), [-100] * len(ids)
         info = P.information_turn(env.call_expert(i)(name, question).text)
-        turns = [(render_step(Search(name, question[:80], (f"I ask {name}.",))), True),
+        turns = [(render_step(Search(name, question[:80], ("I ask an expert.",))), True),
                  (f"<|im_end|>\n<|im_start|>user\n{info}<|im_end|>\n<|im_start|>assistant\n", False),
-                 (render_step(Answer(name, (f"I adopt the reply of {name}.",))) + "<|im_end|>", True)]
+                 (render_step(Answer(name, ("I adopt its reply.",))) + "<|im_end|>", True)]
         for text, trained in turns:
             piece = tok(text, add_special_tokens=False)["input_ids"]
             ids += piece

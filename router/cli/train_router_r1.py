@@ -20,7 +20,7 @@ def _models(value: str | None) -> list[str] | None:
 @train_app.command("router-r1")
 def train_router_r1_command(
     data: Path = typer.Option(None, "--data", "-d", help="routing-matrix folder (--env matrix)"),
-    steps: int = typer.Option(8, "--steps", min=1, help="GRPO steps"),
+    steps: int = typer.Option(4, "--steps", min=1, help="GRPO steps"),
     alpha: float = typer.Option(0.2, "--alpha", min=0.0, max=1.0, help="weight of the cost reward"),
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     env: str = typer.Option("matrix", "--env", help="matrix (recorded outcomes) | live (local experts, arithmetic task)"),
@@ -31,10 +31,10 @@ def train_router_r1_command(
     num_generations: int = typer.Option(4, "--generations", min=2, help="episodes per prompt (the GRPO group)"),
     learning_rate: float = typer.Option(2e-4, "--lr"),
     max_rounds: int = typer.Option(2, "--max-rounds", min=1),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=8),
-    think_budget: int = typer.Option(24, "--think-budget", min=0, help="close thoughts after N tokens (0: off)"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=8),
+    think_budget: int = typer.Option(12, "--think-budget", min=0, help="close thoughts after N tokens (0: off)"),
     demonstration: bool = typer.Option(False, "--demonstration/--no-demonstration", help="a worked example in the prompt"),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="supervised format warm-up steps before GRPO"),
+    warmup_steps: int = typer.Option(30, "--warmup-steps", min=0, help="supervised format warm-up steps before GRPO"),
     temperature: float = typer.Option(1.0, "--temperature"),
     max_question_chars: int = typer.Option(400, "--max-question-chars"),
     description_chars: int = typer.Option(80, "--description-chars"),
@@ -118,6 +118,15 @@ def _environment(kind: str, data: Path | None, models: str | None, settings, max
                          "split": "train", "models": environment.models, "n_queries": len(environment)}
 
 
+def _start_key(environment, rows, cfg, base) -> str:
+    import hashlib
+
+    parts = [environment.fingerprint, ",".join(environment.models), ",".join(map(str, rows)), str(base),
+             str(cfg.max_new_tokens), str(cfg.think_budget), str(cfg.max_rounds), str(cfg.max_retries),
+             str(cfg.demonstration), str(cfg.alpha)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def run_eval(*, data: Path, artifact: Path | None, models: str | None, split: str, n: int, policies: str,
              json_out: Path | None, markdown_out: Path | None, config: Path | None, threads: int = 1) -> None:
     """The router (trained, and its untrained start) vs query-level policies, in the matrix env."""
@@ -149,9 +158,18 @@ def run_eval(*, data: Path, artifact: Path | None, models: str | None, split: st
                       console=console) as progress:
             runs = [("router-r1 (untrained start)", None)] + ([(f"router-r1 ({adapter.name})", adapter)] if adapter else [])
             for label, ad in runs:
+                # the untrained start decodes greedily: its results are cached per (data, models, rows, decoding)
+                key = _start_key(environment, rows, cfg, base) if ad is None else None
+                cache = settings.data_dir / "cache" / "router-r1" / f"start-{key}.json" if key else None
+                if cache is not None and cache.exists():
+                    results[label] = json.loads(cache.read_text())
+                    continue
                 task = progress.add_task(label, total=len(rows))
                 tok, model = load_model(base, adapter=ad, threads=threads)
                 results[label] = evaluate_router(environment, rows, tok, model, cfg, on_row=lambda t=task: progress.advance(t))
+                if cache is not None:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(results[label]))
             names = [p.strip() for p in policies.split(",") if p.strip()]
             if names:
                 task = progress.add_task(f"query-level policies ({', '.join(names)})", total=1)
