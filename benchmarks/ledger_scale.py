@@ -3,10 +3,11 @@
 Seeds ``--rows`` synthetic requests (default 1,000,000, over 30 days; attempts and feedback in
 proportion, see ``benchmarks/ledger_seed.py``) into a migrated ledger, then times every query
 the dashboard makes (``router.dashboard``) — first on the schema of migration 0004 (the peer:
-the same queries without the dashboard's indexes), then after migration 0005 — and the build
+the same figures read from the raw rows, without the dashboard's indexes), then after
+migrations 0005 (indexes) and 0006 (rollups, backfilled from the seeded rows) — and the build
 of a training set from the ledger (``router.ledger.bandit.load_logged``). PostgreSQL runs on a
 throw-away cluster (``tests/support/postgres.py``). Prints a table with p50/p95 per query and
-the ratio of the 0004 schema's p95 to 0005's.
+the ratio of the 0004 schema's p95 to the head schema's.
 
     python -m benchmarks.ledger_scale                       # 1M rows, SQLite and PostgreSQL
     python -m benchmarks.ledger_scale --rows 100000 --backend sqlite --json var/bench/ledger_scale.json
@@ -41,26 +42,22 @@ console = Console(width=200)
 
 
 def queries(q: DashboardQueries, end: datetime, days: float, sample_ids: list[str], rng: random.Random) -> dict[str, Callable]:
-    """Every dashboard query, as the page makes it; random cursors/ids vary between repeats."""
-    day, week = Window(end - timedelta(hours=24), end), Window(end - timedelta(days=7), end)
-    now = end.timestamp()  # the newest buckets are not settled yet: a refresh reads them again
-
-    def cold() -> DashboardQueries:  # a first load (or a new window): nothing cached
-        return DashboardQueries(q.engine)
+    """Every dashboard query, as the page makes it; random cursors/ids vary between repeats.
+    Nothing is cached between calls: a refresh costs what a first load costs."""
+    day, week, month = (Window(end - timedelta(days=d), end) for d in (1, 7, min(30.0, days)))
 
     def cursor() -> str:  # somewhere in the 30 days: page N of the browser costs what page 1 costs
         when = end - timedelta(seconds=rng.random() * days * 86400)
         return encode_cursor(when, "f" * 32)
 
     return {
-        "overview 24 h: traffic, cost, latency, per expert (first load)": lambda: cold().overview(day, buckets=48, now=now),
-        "overview 24 h: the same, refresh": lambda: q.overview(day, buckets=48, now=now),
-        "overview 24 h: feedback quality per policy/expert (first load)": lambda: cold().quality(day, now=now),
-        "overview 24 h: feedback quality, refresh": lambda: q.quality(day, now=now),
-        "overview 7 d: traffic, cost, latency, per expert (first load)": lambda: cold().overview(week, buckets=84, now=now),
-        "overview 7 d: the same, refresh": lambda: q.overview(week, buckets=84, now=now),
-        "overview 7 d: feedback quality per policy/expert (first load)": lambda: cold().quality(week, now=now),
-        "overview 7 d: feedback quality, refresh": lambda: q.quality(week, now=now),
+        "overview 24 h: traffic, cost, latency, per expert": lambda: q.overview(day, buckets=48),
+        "overview 24 h: feedback quality per policy/expert": lambda: q.quality(day),
+        "overview 7 d: traffic, cost, latency, per expert": lambda: q.overview(week, buckets=48),
+        "overview 7 d: feedback quality per policy/expert": lambda: q.quality(week),
+        "overview 30 d: traffic, cost, latency, per expert": lambda: q.overview(month, buckets=48),
+        "overview 30 d: feedback quality per policy/expert": lambda: q.quality(month),
+        "overview 7 d, 50 buckets (edges cut slots)": lambda: q.overview(week, buckets=50),
         "ledger: newest page (50)": lambda: q.page(LedgerFilter(), limit=50),
         "ledger: page at a random cursor": lambda: q.page(LedgerFilter(), limit=50, cursor=cursor()),
         "ledger: expert filter, random cursor": lambda: q.page(LedgerFilter(expert=rng.choice(EXPERTS)), limit=50, cursor=cursor()),
@@ -119,7 +116,7 @@ def run_backend(name: str, url: str, *, rows: int, days: float, repeats: int, ba
         seed_s = time.perf_counter() - t0
     analyze(engine)
     rng = random.Random(0)
-    q = DashboardQueries(engine)
+    q = DashboardQueries(engine, use_rollups=False)  # the 0004 schema has no rollups: every figure from raw rows
     result = {"backend": name, "rows": seeded.requests, "attempts": seeded.attempts, "feedback": seeded.feedback,
               "seed_s": seed_s, "queries": {}}
     console.print(f"{name}: {seeded.requests:,} requests, {seeded.attempts:,} attempts, {seeded.feedback:,} feedback "
@@ -130,7 +127,12 @@ def run_backend(name: str, url: str, *, rows: int, days: float, repeats: int, ba
     migrate.upgrade(url, "head")
     result["migrate_s"] = time.perf_counter() - t0
     analyze(engine)
-    console.print(f"{name}: migration to head in {result['migrate_s']:.1f} s; timing with the dashboard indexes")
+    with engine.connect() as conn:
+        result["rollup_rows"] = ", ".join(f"{conn.execute(text(f'SELECT count(*) FROM {t}')).scalar():,} {t}"
+                                          for t in ("request_rollups", "latency_rollups", "feedback_rollups"))
+    console.print(f"{name}: migration to head in {result['migrate_s']:.1f} s ({result['rollup_rows']}); "
+                  "timing with the indexes and rollups")
+    q = DashboardQueries(engine)
     for label, fn in queries(q, end, days, seeded.sample_ids, rng).items():
         result["queries"][label]["after"] = timed(fn, repeats)
     result["training"] = training_set(engine, end)
@@ -178,7 +180,8 @@ def render(results: list[dict]) -> tuple[Table, str]:
     for r in results:
         t = r["training"]
         extra.append(f"- {r['backend']}: {r['rows']:,} requests, {r['attempts']:,} attempts, {r['feedback']:,} feedback rows "
-                     f"(seeded in {r['seed_s']:.0f} s); migration 0005 (index build) {r['migrate_s']:.1f} s; training set "
+                     f"(seeded in {r['seed_s']:.0f} s); migrations 0005–0006 (indexes, rollup backfill) {r['migrate_s']:.1f} s "
+                     f"({r.get('rollup_rows', '?')}); training set "
                      + "; ".join(f"{k}: {v['rows']:,} rows in {v['seconds']:.2f} s" if "rows" in v else f"{k}: failed ({v['error']})"
                                  for k, v in t.items())
                      + (f"; database file {r['db_mb']:.0f} MB" if "db_mb" in r else ""))

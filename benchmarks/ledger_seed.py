@@ -6,7 +6,8 @@ status ok 96 % / error 2 % / rejected 1.5 % / client_disconnected 0.5 % (rejecte
 expert and no attempt), log-normal latency per expert, cost from tokens and prices, a decision
 with every candidate's score and propensity (ε-greedy, ε = 0.1), a prompt of about 100
 characters. Attempts: one per routed request, a second (fallback) for 5 %. Feedback: 10 % of
-answered requests, a few seconds to minutes after them, from a user or a judge.
+answered requests, a few seconds to minutes after them, from a user or a judge. When the
+ledger has the rollup tables (migration 0006) they are kept up to date chunk by chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
+from sqlalchemy import inspect
+
+from router.ledger import rollups
 
 EXPERTS = ["smollm2-135m", "gemma3-270m", "llama-3.1-8b", "qwen-2.5-72b", "gpt-large"]
 SHARES = [0.40, 0.25, 0.20, 0.10, 0.05]
@@ -116,11 +120,17 @@ def seed(engine, *, rows: int, days: float = 30.0, end: datetime | None = None, 
     out = Seeded(sample_ids=[], end=end)
     postgres = engine.dialect.name == "postgresql"
     _seed_keys_and_experts(engine)
+    with_rollups = inspect(engine).has_table("request_rollups")  # else migration 0006 backfills them
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         lo = t0 + span_s * start / rows
         reqs, atts, fbs = _chunk(rng, start, n, lo, span_s * n / rows)
         (_copy_pg if postgres else _insert_sqlite)(engine, reqs, atts, fbs)
+        if with_rollups:  # the writer's and feedback service's code path, one transaction per chunk
+            with engine.begin() as conn:
+                rollups.add_requests(conn, (dict(zip(REQUEST_COLS, r)) for r in reqs))
+                by_id = {r[0]: (r[6], r[7], r[8]) for r in reqs}
+                rollups.add_feedback(conn, [(f[1], f[2], *by_id[f[0]]) for f in fbs])
         out.requests += len(reqs)
         out.attempts += len(atts)
         out.feedback += len(fbs)

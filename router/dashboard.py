@@ -1,19 +1,17 @@
 """Read-only queries of the admin dashboard over the ledger (SQLite and PostgreSQL alike).
 
-Every query is bounded by a time window and served by an index of migration 0005:
-aggregates read the covering ``ix_requests_overview`` (created_at, expert, status, latency,
-cost), the ledger browser pages with a keyset cursor on (created_at, id), so page 1,000 costs
-what page 1 costs. Latency percentiles are exact: PostgreSQL computes them
-(``percentile_cont``); SQLite has no percentile aggregate, so its latencies of the window are
-read from the covering index and ranked here.
+Every query is bounded by a time window. Aggregates read whole 30-minute slots from the
+rollups of migration 0006 (``router.ledger.rollups``, kept by the ledger writer and the feedback
+service in the transaction of their rows) and only the window's partial edges from the ledger,
+through the covering ``ix_requests_overview`` (created_at, expert, status, latency, cost) and
+``ix_feedback_created`` of migration 0005; so a 30-day window costs about what a day costs. The
+ledger browser pages with a keyset cursor on (created_at, id), so page 1,000 costs what page 1
+costs.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,14 +21,12 @@ from sqlalchemy import Engine, Integer, and_, case, cast, func, literal, or_, se
 from sqlalchemy.orm import Session
 
 from router.errors import InvalidRequestError, NotFoundError
-from router.ledger.models import AttemptRow, FeedbackRow, RequestRow
+from router.ledger.models import AttemptRow, FeedbackRollupRow, FeedbackRow, LatencyRollupRow, RequestRollupRow, RequestRow
+from router.ledger.rollups import LN_BINS, SLOT_S
 
 STATUSES = ("ok", "error", "rejected", "client_disconnected")
 MAX_PAGE = 200
 MAX_BUCKETS = 500
-LN_BINS = 32  # latency histogram: bins per unit of ln(1 + ms)
-SETTLE_S = 300.0  # rows reach the ledger late (writer batches, spool replay): older buckets are final
-CACHE_BUCKETS = 20_000
 
 
 def utc(dt: datetime | None) -> datetime | None:
@@ -105,12 +101,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 class DashboardQueries:
     """The dashboard's numbers. Methods are synchronous (call them from a worker thread)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, use_rollups: bool = True) -> None:
         self.engine = engine
+        self.use_rollups = use_rollups  # False: every figure from the raw rows (a check, a baseline)
         self.postgres = engine.dialect.name == "postgresql"
         self._ln: bool | None = None
-        self._cache: OrderedDict[tuple[str, float, float], Any] = OrderedDict()  # settled buckets
-        self._lock = threading.Lock()
 
     # -- time buckets -----------------------------------------------------------------------------
     def _epoch(self, column):
@@ -134,25 +129,35 @@ class DashboardQueries:
                 self._ln = False
         return self._ln
 
-    def overview(self, window: Window, *, buckets: int = 48, now: float | None = None) -> dict[str, Any]:
+    def overview(self, window: Window, *, buckets: int = 48) -> dict[str, Any]:
         """Per time bucket: requests, errors, cost, latency p50/p95 of answered requests; per
         expert: share, error rate, cost, mean latency.
 
         Buckets are aligned to multiples of their width since 1970 (the first one may start a
-        little before ``since``), so a bucket that ended more than ``SETTLE_S`` ago never
-        changes: its figures are kept in memory and a refresh reads only the newer buckets.
-        Reading a bucket is two scans of the covering index:
-
-        1. GROUP BY (bucket, expert, status): counts, cost and latency sums (a few hundred groups);
-        2. a latency histogram, GROUP BY (bucket, bin) with bins of 1/32 in ln(1 + ms) (3 %
-           wide): nearest-rank p50/p95 are read from it, within ±1.6 %. Exact percentiles would
-           sort every latency of the window; a histogram is one pass and can be merged.
+        little before ``since``). The 30-minute slots that lie wholly inside a bucket are read
+        from the rollups (``router.ledger.rollups``: counts, sums and a latency histogram per
+        slot), the rest — the window's newest minutes, and slots cut by a bucket edge when the
+        width is not a multiple of 30 minutes — from ``requests``, as two scans of the covering
+        index: GROUP BY (bucket, expert, status), and a latency histogram GROUP BY (bucket, bin)
+        with bins of 1/32 in ln(1 + ms) (3 % wide). Nearest-rank p50/p95 are read from the
+        merged histogram, within ±1.6 %. Every read is of the ledger as it is now: a late row
+        counts as soon as it is written.
         """
-        cacheable = self._has_ln()
-        origin, width, parts = self._bucketed("traffic", window, buckets, now, cacheable,
-                                              lambda o, w, lo, n, until: self._scan(o, w, lo, n, until, histogram=cacheable))
+        histogram = self._has_ln()
+        origin, width, n, until = self._grid(window, buckets)
+        parts: dict[int, tuple[list, list]] = {}
+        if histogram and self.use_rollups:
+            raw = self._rollup_parts(origin, width, n, until, parts)
+        else:  # exact percentiles without ln() (or a check of the rollups): everything from requests
+            raw = [(origin, until)]
+        if raw:
+            for k, (traffic, lat) in self._scan(origin, width, n, raw, histogram=histogram).items():
+                part = parts.setdefault(k, ([], []))
+                part[0].extend(traffic)
+                part[1].extend(lat)
         points, experts = [], {}
-        for i, (traffic, hist) in enumerate(parts):
+        for i in range(n):
+            traffic, hist = parts.get(i) or ([], [])
             count = errors = 0
             cost_sum = 0.0
             for expert, status, cnt, cost, lat_sum, lat_n in traffic:
@@ -162,7 +167,7 @@ class DashboardQueries:
                 e = experts.setdefault(expert, [0, 0, 0.0, 0.0, 0])
                 e[0], e[1], e[2], e[3], e[4] = (e[0] + cnt, e[1] + (0 if status == "ok" else cnt), e[2] + cost,
                                                 e[3] + lat_sum, e[4] + lat_n)
-            p50, p95 = _percentiles(hist, histogram=cacheable)
+            p50, p95 = _percentiles(hist, histogram=histogram)
             points.append({"t": _iso(datetime.fromtimestamp(origin + i * width, UTC)), "requests": count, "errors": errors,
                            "cost_usd": cost_sum, "p50_ms": _num(p50), "p95_ms": _num(p95)})
         total = sum(e[0] for e in experts.values())
@@ -173,34 +178,77 @@ class DashboardQueries:
         return {"timeseries": {"since": points[0]["t"], "until": _iso(window.until), "bucket_s": width, "buckets": points},
                 "experts": {"total": total, "data": per_expert}}
 
-    def _bucketed(self, kind: str, window: Window, buckets: int, now: float | None, cacheable: bool, scan) -> tuple[float, float, list]:
-        """(origin, width, per-bucket parts) over the window's aligned buckets: settled buckets
-        from the cache, the rest from one ``scan(origin, width, first, n, until)``."""
+    @staticmethod
+    def _grid(window: Window, buckets: int) -> tuple[float, float, int, float]:
+        """(origin, width, number of buckets, until) of the window's aligned buckets."""
         buckets = max(1, min(int(buckets), MAX_BUCKETS))
         width = (window.until - window.since).total_seconds() / buckets
         until = window.until.timestamp()
         origin = math.floor(window.since.timestamp() / width) * width
-        n = max(1, math.ceil((until - origin) / width - 1e-9))
-        settled = min(until, (time.time() if now is None else now) - SETTLE_S)
-        parts: list[Any] = [None] * n
-        if cacheable:
-            with self._lock:
-                parts = [self._cache.get((kind, width, origin + i * width)) for i in range(n)]
-        first = next((i for i, part in enumerate(parts) if part is None), n)
-        if first < n:
-            fresh = scan(origin, width, first, n, until)
-            for i in range(first, n):
-                parts[i] = fresh.get(i) or ([], [])
-                if cacheable and origin + (i + 1) * width <= settled:
-                    self._remember((kind, width, origin + i * width), parts[i])
-        return origin, width, parts
+        return origin, width, max(1, math.ceil((until - origin) / width - 1e-9)), until
 
-    def _scan(self, origin: float, width: float, lo: int, n: int, until: float, *, histogram: bool) -> dict[int, tuple[list, list]]:
-        """Buckets lo..n-1 from the ledger: {bucket: (traffic rows, histogram rows or latencies)}."""
+    def _rollup_parts(self, origin: float, width: float, n: int, until: float,
+                      parts: dict[int, tuple[list, list]]) -> list[tuple[float, float]]:
+        """Add the whole slots of each bucket, read from the rollups, to ``parts``; return the
+        time ranges left to read from ``requests``."""
+        edges = [origin + i * width for i in range(n)] + [until]
+        whole: list[tuple[int, int, int]] = []  # (bucket, first slot, end of its last slot)
+        raw: list[tuple[float, float]] = []
+        for i in range(n):
+            lo, hi = edges[i], edges[i + 1]
+            a, b = math.ceil(lo / SLOT_S) * SLOT_S, math.floor(hi / SLOT_S) * SLOT_S
+            if b <= a:
+                raw.append((lo, hi))
+                continue
+            whole.append((i, a, b))
+            raw += [r for r in ((lo, a), (b, hi)) if r[1] > r[0]]
+        if whole:
+            t, h = RequestRollupRow, LatencyRollupRow
+            aligned = float(width).is_integer() and int(width) % SLOT_S == 0 and float(origin).is_integer()
+            # Whole slots of consecutive buckets meet when the grid is aligned: one range then.
+            spans: list[list[int]] = []
+            for _, a, b in whole:
+                if spans and spans[-1][1] == a:
+                    spans[-1][1] = b
+                else:
+                    spans.append([a, b])
+
+            def bucket(col):
+                if aligned:
+                    return (col - int(origin)) // int(width)
+                if len(whole) == 1:
+                    return literal(whole[0][0])
+                return case(*[(col < b, i) for i, _, b in whole[:-1]], else_=whole[-1][0])
+
+            def where(col):
+                return or_(*[and_(col >= a, col < b) for a, b in spans])
+
+            kt, kh = bucket(t.slot).label("k"), bucket(h.slot).label("k")
+            traffic = (select(kt, t.expert, t.status, func.sum(t.requests), func.sum(t.cost_usd), func.sum(t.latency_sum_ms),
+                              func.sum(t.latency_n)).where(where(t.slot)).group_by(kt, t.expert, t.status))
+            hist = select(kh, h.bin, func.sum(h.n)).where(where(h.slot)).group_by(kh, h.bin)
+            with Session(self.engine) as s:
+                for k, expert, status, cnt, cost, lat_sum, lat_n in s.execute(traffic):
+                    parts.setdefault(int(k), ([], []))[0].append(
+                        (expert or None, status, int(cnt), float(cost), float(lat_sum), int(lat_n)))
+                for k, v, cnt in s.execute(hist):
+                    parts.setdefault(int(k), ([], []))[1].append((float(v), int(cnt)))
+        merged: list[tuple[float, float]] = []
+        for lo, hi in raw:
+            if merged and merged[-1][1] >= lo:
+                merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def _scan(self, origin: float, width: float, n: int, ranges: list[tuple[float, float]], *,
+              histogram: bool) -> dict[int, tuple[list, list]]:
+        """Requests created in ``ranges`` (epoch seconds), per bucket: {bucket: (traffic rows,
+        histogram rows or latencies)}."""
         r = RequestRow
         b = self._bucket(origin, width).label("b")
-        since = datetime.fromtimestamp(origin + lo * width, UTC)
-        in_range = and_(r.created_at >= since, r.created_at < datetime.fromtimestamp(until, UTC))
+        in_range = or_(*[and_(r.created_at >= datetime.fromtimestamp(lo, UTC), r.created_at < datetime.fromtimestamp(hi, UTC))
+                         for lo, hi in ranges])
         traffic = (select(b, r.expert, r.status, func.count(), func.coalesce(func.sum(r.cost_usd), 0.0),
                           func.coalesce(func.sum(r.latency_ms), 0.0), func.count(r.latency_ms))
                    .where(in_range).group_by(b, r.expert, r.status))
@@ -213,7 +261,7 @@ class DashboardQueries:
         else:
             latencies = select(b, case((answered, r.latency_ms), else_=None), literal(1)).where(in_range)
         out: dict[int, tuple[list, list]] = {}
-        clamp = lambda k: min(max(int(k), lo), n - 1)  # noqa: E731  float rounding at the range's ends
+        clamp = lambda k: min(max(int(k), 0), n - 1)  # noqa: E731  float rounding at the range's ends
         with Session(self.engine) as s:
             for k, expert, status, cnt, cost, lat_sum, lat_n in s.execute(traffic):
                 out.setdefault(clamp(k), ([], []))[0].append((expert, status, int(cnt), float(cost), float(lat_sum), int(lat_n)))
@@ -222,43 +270,39 @@ class DashboardQueries:
                     out.setdefault(clamp(k), ([], []))[1].append((float(v), int(cnt)))
         return out
 
-    def _remember(self, key: tuple[str, float, float], part: Any) -> None:
-        with self._lock:
-            self._cache[key] = part
-            while len(self._cache) > CACHE_BUCKETS:
-                self._cache.popitem(last=False)
-
     # -- quality from feedback --------------------------------------------------------------------
-    def quality(self, window: Window, *, buckets: int = 48, now: float | None = None) -> dict[str, Any]:
+    def quality(self, window: Window, *, buckets: int = 48) -> dict[str, Any]:
         """Mean feedback score and count per policy (and version) and per expert, over feedback
-        given in the window (its buckets aligned and cached as ``overview``'s)."""
-        origin, _, parts = self._bucketed("quality", window, buckets, now, True, self._scan_quality)
+        given from the start of the window's first aligned bucket (as ``overview``'s) to its end:
+        whole 30-minute slots from ``feedback_rollups``, the edges from ``feedback``."""
+        origin, _, _, until = self._grid(window, buckets)
+        a, b = math.ceil(origin / SLOT_S) * SLOT_S, math.floor(until / SLOT_S) * SLOT_S
+        f, r, t = FeedbackRow, RequestRow, FeedbackRollupRow
+        raw = [(origin, until)] if b <= a or not self.use_rollups else [e for e in ((origin, a), (b, until)) if e[1] > e[0]]
+        stmts = []
+        if b > a and self.use_rollups:
+            stmts.append(select(t.policy, t.policy_version, t.expert, func.sum(t.score_sum), func.sum(t.n))
+                         .where(t.slot >= a, t.slot < b).group_by(t.policy, t.policy_version, t.expert))
+        for lo, hi in raw:
+            stmts.append(select(r.policy, r.policy_version, r.expert, func.sum(f.score), func.count())
+                         .join(r, r.id == f.request_id)
+                         .where(f.created_at >= datetime.fromtimestamp(lo, UTC), f.created_at < datetime.fromtimestamp(hi, UTC))
+                         .group_by(r.policy, r.policy_version, r.expert))
         policies: dict[tuple, list[float]] = {}
         experts: dict[str | None, list[float]] = {}
-        for rows, _ in parts:
-            for policy, version, expert, total, cnt in rows:
-                for acc in (policies.setdefault((policy, version), [0.0, 0]), experts.setdefault(expert, [0.0, 0])):
-                    acc[0] += total
-                    acc[1] += cnt
+        with Session(self.engine) as s:
+            for stmt in stmts:
+                for policy, version, expert, total, cnt in s.execute(stmt):
+                    # The rollups store a missing value as ''.
+                    policy, version, expert = policy or None, version or None, expert or None
+                    for acc in (policies.setdefault((policy, version), [0.0, 0]), experts.setdefault(expert, [0.0, 0])):
+                        acc[0] += float(total)
+                        acc[1] += int(cnt)
         pol = [{"policy": p, "version": v, "mean_score": t / c, "n": c} for (p, v), (t, c) in policies.items()]
         exp = [{"expert": e, "mean_score": t / c, "n": c} for e, (t, c) in experts.items()]
         pol.sort(key=lambda d: -d["n"])
         exp.sort(key=lambda d: -d["n"])
         return {"since": _iso(datetime.fromtimestamp(origin, UTC)), "by_policy": pol, "by_expert": exp}
-
-    def _scan_quality(self, origin: float, width: float, lo: int, n: int, until: float) -> dict[int, tuple[list, list]]:
-        f, r = FeedbackRow, RequestRow
-        b = self._bucket(origin, width, f.created_at).label("b")
-        stmt = (select(b, r.policy, r.policy_version, r.expert, func.sum(f.score), func.count())
-                .join(r, r.id == f.request_id)
-                .where(f.created_at >= datetime.fromtimestamp(origin + lo * width, UTC),
-                       f.created_at < datetime.fromtimestamp(until, UTC))
-                .group_by(b, r.policy, r.policy_version, r.expert))
-        out: dict[int, tuple[list, list]] = {}
-        with Session(self.engine) as s:
-            for k, policy, version, expert, total, cnt in s.execute(stmt):
-                out.setdefault(min(max(int(k), lo), n - 1), ([], []))[0].append((policy, version, expert, float(total), int(cnt)))
-        return out
 
     # -- the ledger browser -----------------------------------------------------------------------
     def page(self, flt: LedgerFilter, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:

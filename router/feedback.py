@@ -34,6 +34,7 @@ from router.errors import (
     PermissionDeniedError,
 )
 from router.keys import KeyStore
+from router.ledger import rollups
 from router.ledger.models import FeedbackRow, RequestRow
 from router.ledger.writer import LedgerWriter
 
@@ -135,6 +136,10 @@ class FeedbackService:
             with Session(self.engine) as session, session.begin():
                 session.add(row)
                 session.flush()
+                # The dashboard's rollup, in the same transaction: counted exactly once.
+                rated = session.execute(rollups.feedback_source(request_id)).first()
+                if rated is not None:
+                    rollups.add_feedback(session.connection(), [(now, row.score, *rated)])
                 out = Feedback(id=row.id, request_id=request_id, score=row.score, source=source, comment=comment,
                                created_at=now)
         except SQLAlchemyError as exc:

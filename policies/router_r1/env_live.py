@@ -79,6 +79,7 @@ class LiveEnv:
         self.experts = dict(experts)
         self.problems = list(problems)
         self.max_tokens = max_tokens
+        self.registry = None  # set by from_settings: the registry whose servers close() stops
         self.candidates = [Candidate.from_expert(e.info) for e in self.experts.values()]
         self.models = [c.name for c in self.candidates]
         h = hashlib.sha256("\x1e".join(f"{p.question}={p.gold}" for p in self.problems).encode())
@@ -99,7 +100,14 @@ class LiveEnv:
         if missing:
             raise PolicyError(f"no configured expert {missing}; experts: {registry.names}")
         registry.start_local([m for m in names if registry[m].backend.is_local])
-        return cls({m: registry[m] for m in names}, arithmetic_task(n, seed=seed))
+        env = cls({m: registry[m] for m in names}, arithmetic_task(n, seed=seed))
+        env.registry = registry
+        return env
+
+    def close(self) -> None:
+        """Stop the local experts this environment started (servers it reused keep running)."""
+        if self.registry is not None:
+            self.registry.stop_local(only_owned=True)
 
     def __len__(self) -> int:
         return len(self.problems)
@@ -134,10 +142,16 @@ class LiveEnv:
         if result.fallback_used:
             last = result.calls[-1] if result.calls else None
             return (last.expert if last and last.ok else None), result.answer
+        called = sorted({c.expert for c in result.calls if c.ok and c.round}, key=len, reverse=True)
         low = (result.answer or "").lower()
-        for call in sorted((c for c in result.calls if c.ok and c.round), key=lambda c: -len(c.expert)):
-            if call.expert.lower() in low and not first_int(result.answer):
-                return call.expert, call.reply
+        bare = low
+        for name in called:  # names hold digits ("smollm2-135m"): an answer is its own only if a number remains
+            bare = bare.replace(name.lower(), " ")
+        if not first_int(bare):
+            for name in called:
+                if name.lower() in low:
+                    reply = next(c.reply for c in reversed(result.calls) if c.ok and c.expert == name)
+                    return name, reply
         return None, result.answer
 
     def outcome(self, i: int, result: AgentResult, *, alpha: float) -> LiveOutcome:

@@ -185,7 +185,6 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
     n_rows = cfg.steps * cfg.prompts_per_step
     rows = random.Random(cfg.seed).sample(range(len(env)), k=min(n_rows, len(env)))
     dataset = Dataset.from_dict({"prompt": [f"row:{r}" for r in rows]})
-    holder: dict[str, Any] = {}
     rng = random.Random(cfg.seed)
 
     def rollout_func(prompts: list[str], trainer) -> dict[str, Any]:
@@ -223,7 +222,6 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
     history.warmup_loss = format_warmup(model, tok, env, cfg, on_step=on_warmup) if cfg.warmup_steps else []
     trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=args, train_dataset=dataset, processing_class=tok,
                           rollout_func=rollout_func)
-    holder["trainer"] = trainer
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.eval()

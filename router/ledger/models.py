@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -88,6 +88,52 @@ class FeedbackRow(Base):
     comment: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_feedback_created", "created_at", "request_id", "score"),)  # dashboard quality (0005)
+
+
+class RequestRollupRow(Base):
+    """Requests per 30-minute slot, expert, policy and status (migration 0006; ``router.ledger.rollups``)."""
+
+    __tablename__ = "request_rollups"
+
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds of the slot's start
+    expert: Mapped[str] = mapped_column(String(256), primary_key=True)  # '' = none (rejected)
+    policy: Mapped[str] = mapped_column(String(128), primary_key=True)  # '' = none
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_sum_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_n: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: a slot range is one read
+
+
+class LatencyRollupRow(Base):
+    """Histogram of answered requests' latencies per 30-minute slot, in bins of 1/32 of ln(1 + ms)."""
+
+    __tablename__ = "latency_rollups"
+
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: a slot range is one read
+
+
+class FeedbackRollupRow(Base):
+    """Feedback per 30-minute slot (of the feedback's time), policy, policy version and expert of its request."""
+
+    __tablename__ = "feedback_rollups"
+
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128), primary_key=True)  # '' = none
+    policy_version: Mapped[str] = mapped_column(String(128), primary_key=True)  # '' = none
+    expert: Mapped[str] = mapped_column(String(256), primary_key=True)  # '' = none
+    score_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: a slot range is one read
 
 
 class ExpertRow(Base):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from router.budgets import apply_settlement
+from router.ledger import rollups
 from router.ledger.models import AttemptRow, RequestRow
 from router.ledger.records import LedgerRecord
 from router.ledger.spool import LedgerSpool
@@ -176,6 +177,8 @@ class LedgerWriter:
             attempts = [a for r in batch for a in r.attempts]
             if attempts:
                 session.execute(insert(AttemptRow), attempts)
+            # Same transaction as the rows: a replayed or retried batch is counted exactly once.
+            rollups.add_requests(session.connection(), [r.request for r in batch])
             for r in batch:  # same transaction as the row: a reservation is settled exactly once
                 if r.settlement:
                     apply_settlement(session.connection(), r.settlement)

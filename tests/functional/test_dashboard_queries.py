@@ -123,21 +123,39 @@ def test_request_detail_has_candidates_attempts_and_bad_input_is_refused(ledger)
         Window.of(END, END - timedelta(hours=1))
 
 
-def test_settled_buckets_are_cached_and_fresh_ones_read_again(ledger):
+@pytest.mark.parametrize("hours, minutes, buckets", [(24, 0, 48), (7, 13, 20), (40, 0, 7), (1, 0, 48), (3, 0, 1), (0, 50, 1)])
+def test_rollups_give_the_figures_of_the_raw_rows(ledger, hours, minutes, buckets):
+    """Aligned grids (whole slots from the rollups), grids whose edges cut slots, and buckets
+    narrower than a slot: the same figures as a scan of every raw row."""
     q, _, rows, _ = ledger
-    q = DashboardQueries(q.engine)  # an empty cache
-    window = Window(END - timedelta(hours=7, minutes=13), END)  # not aligned: the first bucket starts earlier
-    cold = q.overview(window, buckets=20, now=END.timestamp() + 120)
-    first = datetime.fromisoformat(cold["timeseries"]["since"])
-    assert first <= window.since and (window.since - first).total_seconds() < cold["timeseries"]["bucket_s"]
-    assert cold["experts"]["total"] == sum(first <= r.created_at < END for r in rows)
-    n_cached = len(q._cache)
-    assert 0 < n_cached < len(cold["timeseries"]["buckets"])  # the last bucket ended < SETTLE_S before "now"
-    assert q.overview(window, buckets=20, now=END.timestamp() + 120) == cold  # warm: same figures
+    window = Window(END - timedelta(hours=hours, minutes=minutes), END - timedelta(minutes=7))  # a partial last slot
+    got = q.overview(window, buckets=buckets)
+    want = DashboardQueries(q.engine, use_rollups=False).overview(window, buckets=buckets)
+    assert got["timeseries"]["since"] == want["timeseries"]["since"]
+    first = datetime.fromisoformat(got["timeseries"]["since"])
+    assert got["experts"]["total"] == sum(first <= r.created_at < window.until for r in rows) > 0
+    for a, b in zip(got["timeseries"]["buckets"], want["timeseries"]["buckets"], strict=True):
+        assert (a["t"], a["requests"], a["errors"], a["p50_ms"], a["p95_ms"]) == (b["t"], b["requests"], b["errors"],
+                                                                                  b["p50_ms"], b["p95_ms"])
+        assert a["cost_usd"] == pytest.approx(b["cost_usd"])
+    by = {d["expert"]: d for d in want["experts"]["data"]}
+    for d in got["experts"]["data"]:
+        w = by[d["expert"]]
+        assert (d["requests"], d["errors"]) == (w["requests"], w["errors"])
+        assert d["cost_usd"] == pytest.approx(w["cost_usd"]) and d["mean_latency_ms"] == pytest.approx(w["mean_latency_ms"])
+    qa, qb = q.quality(window, buckets=buckets), DashboardQueries(q.engine, use_rollups=False).quality(window, buckets=buckets)
+    assert {(p["policy"], p["version"], p["n"]) for p in qa["by_policy"]} == {(p["policy"], p["version"], p["n"]) for p in qb["by_policy"]}
+    assert sorted(e["mean_score"] for e in qa["by_expert"]) == pytest.approx(sorted(e["mean_score"] for e in qb["by_expert"]))
+
+
+def test_exact_percentiles_without_ln(ledger):
+    """SQLite built without math functions: exact percentiles from the raw rows, close to the histogram's."""
+    q, _, _, _ = ledger
+    window = Window(END - timedelta(hours=7, minutes=13), END)
+    binned = q.overview(window, buckets=20)
     exact = DashboardQueries(q.engine)
-    exact._ln = False  # SQLite built without math functions: exact percentiles, no cache
+    exact._ln = False
     plain = exact.overview(window, buckets=20)
-    assert not exact._cache
-    assert [b["requests"] for b in plain["timeseries"]["buckets"]] == [b["requests"] for b in cold["timeseries"]["buckets"]]
-    for a, b in zip(plain["timeseries"]["buckets"], cold["timeseries"]["buckets"]):
+    assert [b["requests"] for b in plain["timeseries"]["buckets"]] == [b["requests"] for b in binned["timeseries"]["buckets"]]
+    for a, b in zip(plain["timeseries"]["buckets"], binned["timeseries"]["buckets"]):
         assert b["p95_ms"] == pytest.approx(a["p95_ms"], rel=0.017)
