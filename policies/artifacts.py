@@ -22,6 +22,8 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,24 +104,11 @@ def save_artifact(policy: Policy, root: str | Path, *, data: RoutingData | None 
     The folder appears atomically (written aside, then renamed), so a reader never sees half an
     artifact. Returns the artifact folder.
     """
-    root = Path(root)
     arrays, state_meta = policy.artifact_state()
     for key, arr in arrays.items():
         if arr.dtype.kind not in "biuf":
             raise PolicyError(f"policy {policy.name!r}: state {key!r} has dtype {arr.dtype}; artifacts hold numbers only")
-    if flat:
-        target = root
-        if target.exists() and any(target.iterdir()):
-            raise PolicyError(f"policy artifact {target}: the folder exists and is not empty")
-        version = "v1"
-    else:
-        existing = versions(root)
-        number = int(_VERSION_DIR.match(existing[-1].name).group(1)) + 1 if existing else 1
-        version = f"v{number}"
-        target = root / version
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with new_version(root, flat=flat, what="policy artifact") as (tmp, version, target):
         weights = tmp / WEIGHTS
         with open(weights, "wb") as f:
             np.savez(f, **arrays)
@@ -141,13 +130,33 @@ def save_artifact(policy: Policy, root: str | Path, *, data: RoutingData | None 
             **({"extra": _jsonable(extra)} if extra else {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return target
+
+
+@contextmanager
+def new_version(root: Path, *, flat: bool = False, what: str = "artifact") -> Iterator[tuple[Path, str, Path]]:
+    """Yield ``(scratch folder, version, target)`` for the next version ``vN`` under ``root`` (or
+    ``root`` itself when ``flat``). The caller fills the scratch folder; on success it is renamed
+    to ``target`` in one step, so a reader never sees half an artifact; on error it is removed."""
+    root = Path(root)
+    if flat:
+        target, version = root, "v1"
+        if target.exists() and any(target.iterdir()):
+            raise PolicyError(f"{what} {target}: the folder exists and is not empty")
+    else:
+        existing = versions(root)
+        version = f"v{int(_VERSION_DIR.match(existing[-1].name).group(1)) + 1}" if existing else "v1"
+        target = root / version
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp, version, target
         if flat and target.exists():
             target.rmdir()
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _data_summary(data: RoutingData | None) -> dict[str, Any] | None:

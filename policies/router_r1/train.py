@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from policies.artifacts import sha256_file, versions
+from policies.artifacts import new_version, sha256_file, versions
 from policies.router_r1.agent import AgentConfig, AgentResult, RouterR1Agent
 from policies.router_r1.lm import TokenRollout, demonstration
 from router.errors import PolicyError
@@ -234,18 +234,7 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
 def save_router_artifact(model, root: Path, *, cfg: TrainConfig, env_info: dict[str, Any], history: History,
                          metrics: dict[str, Any] | None = None, base_model: str = "", flat: bool = False) -> Path:
     """Write the LoRA adapter and its manifest as the next version under ``root`` (atomically)."""
-    root = Path(root)
-    if flat:
-        target, version = root, "v1"
-        if target.exists() and any(target.iterdir()):
-            raise PolicyError(f"router-r1 artifact {target}: the folder exists and is not empty")
-    else:
-        existing = versions(root)
-        version = f"v{int(existing[-1].name[1:]) + 1}" if existing else "v1"
-        target = root / version
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with new_version(root, flat=flat, what="router-r1 artifact") as (tmp, version, target):
         model.save_pretrained(tmp, safe_serialization=True)
         files = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size} for name in ADAPTER_FILES}
         manifest = {
@@ -258,12 +247,6 @@ def save_router_artifact(model, root: Path, *, cfg: TrainConfig, env_info: dict[
             if extra.name not in ADAPTER_FILES:
                 extra.unlink() if extra.is_file() else shutil.rmtree(extra)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if flat and target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from router.cli.common import console, fail, load_settings
+from router.cli.common import console, fail, load_settings, stage_progress
 from router.errors import ExpertmuxError, PolicyError
 
 LEDGER_OPTIONS = ("ledger", "db", "since", "until", "min_feedback", "sources", "target", "clip")
@@ -56,7 +56,6 @@ def _sources(raw: str) -> tuple[str, ...]:
 def run_train(policy: str, hyper: dict[str, Any], opts: dict[str, Any], *, out: Path | None, cache_dir: Path | None,
               config: Path | None) -> None:
     """``expertmux train <policy> --ledger``: the training set from logged traffic, a new version."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from policies.embeddings import configure_encoders
     from policies.logged_training import train_logged
@@ -74,15 +73,7 @@ def run_train(policy: str, hyper: dict[str, Any], opts: dict[str, Any], *, out: 
         target_dir = out or settings.data_dir / "policies" / policy
         console.print(f"ledger: {len(logged):,} requests with feedback, {len(logged.experts)} experts; training "
                       f"[bold]{policy}[/] ({opts['target']}) → {target_dir}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=max(total, 1))
-                progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1))
-
+        with stage_progress() as on_progress:
             result = train_logged(policy, logged, out=target_dir, params=hyper, target=opts["target"],
                                   clip=opts["clip"], expert_info=info, ledger=url, progress=on_progress)
     except (ExpertmuxError, ValueError) as exc:

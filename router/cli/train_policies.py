@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from router.cli.common import console, fail, load_settings
+from router.cli.common import console, fail, load_settings, stage_progress
 from router.cli.ledger import LEDGER_OPTIONS
 from router.cli.ledger import run_train as run_ledger_training
 from router.cli.ledger import train_parameters as ledger_train_parameters
@@ -80,7 +80,6 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 def _run(policy: str, hyper: dict[str, Any], *, data: Path, out: Path | None, eval_split: str, flat: bool,
          cache_dir: Path | None, config: Path | None, extra: list[str]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from policies.data import RoutingData
     from policies.embeddings import configure_encoders
@@ -93,15 +92,7 @@ def _run(policy: str, hyper: dict[str, Any], *, data: Path, out: Path | None, ev
         params = {**hyper, **_parse_params(extra)}
         target = out or settings.data_dir / "policies" / policy
         console.print(f"{matrix.name}: {len(matrix)} queries, {matrix.n_models} models; training [bold]{policy}[/] → {target}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=max(total, 1))
-                progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1))
-
+        with stage_progress() as on_progress:
             result = train_policy(policy, matrix, params=params, out=target, eval_split=eval_split or None, flat=flat,
                                   progress=on_progress)
     except ExpertmuxError as exc:
