@@ -1,4 +1,4 @@
-"""``expertmux serve``: the proxy, its local experts and (later) its dashboard."""
+"""``expertmux serve``: the proxy, its local experts and its dashboard."""
 
 from __future__ import annotations
 
@@ -25,12 +25,16 @@ def serve(
 
     settings = load_settings(config, host=host, port=port, autostart_experts=False if no_experts else None)
     url = f"http://{settings.host}:{settings.port}"
+    token_file = _local_admin_token(settings)
 
     def banner() -> None:
         lines = [
             f"\n[bold green]expertmux is ready[/] at {url}   (OpenAI base URL: {url}/v1)",
             f"experts: {', '.join(application.state.service.experts.names)}   active policy: {settings.app_config.policy.active}",
             f"ledger: {settings.resolved_database_url}",
+            f"dashboard: {url}/admin" + (f"   (admin token: {settings.admin_token.get_secret_value()}, kept in {token_file})"
+                                          if token_file else "   (sign in with EXPERTMUX_ADMIN_TOKEN)" if settings.admin_token
+                                          else "   (off: set EXPERTMUX_ADMIN_TOKEN)"),
             "try:",
             f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\",
             '    -d \'{"model": "expertmux/auto", "messages": [{"role": "user", "content": "Say hello"}]}\'',
@@ -49,6 +53,27 @@ def serve(
                             access_log=False, loop="uvloop", http="httptools",
                             timeout_graceful_shutdown=settings.shutdown_grace_s)
     _draining_server(config, application.state.service).run()
+
+
+def _local_admin_token(settings) -> Path | None:
+    """On a loopback-only proxy without EXPERTMUX_ADMIN_TOKEN, use a generated token kept in the data
+    dir (readable by its owner only), so the dashboard works out of the box on a laptop. Anything
+    listening beyond loopback must set its own token (else the admin API stays off)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    from router.settings import _is_loopback
+
+    if settings.admin_token is not None or not _is_loopback(settings.host):
+        return None
+    path = Path(settings.data_dir) / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    settings.admin_token = SecretStr(path.read_text().strip())
+    return path
 
 
 def _draining_server(config, service):
