@@ -18,12 +18,13 @@ real prompts, 84 word pieces on average). Torch runs on one thread, as in the se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.output import write_json, write_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -170,12 +171,8 @@ def main() -> None:
         table.add_row(r["policy"], f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
                       f"{r['batched_per_s']:,.0f}", "—" if r["batched_cached_per_s"] is None else f"{r['batched_cached_per_s']:,.0f}")
     Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(report))
+    write_json(args.json, report)
+    write_text(args.markdown, markdown(report))
 
 
 if __name__ == "__main__":

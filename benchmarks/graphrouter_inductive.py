@@ -18,12 +18,13 @@ how well their predicted quality tracks their real quality per task (Pearson r o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.output import write_json, write_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -121,12 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     report = run(args)
     print(markdown(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(report))
+    write_json(args.json, report)
+    write_text(args.markdown, markdown(report))
 
 
 if __name__ == "__main__":

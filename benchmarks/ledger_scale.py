@@ -16,7 +16,6 @@ the ratio of the 0004 schema's p95 to the head schema's.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -32,6 +31,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from benchmarks.ledger_seed import EXPERTS, seed
+from benchmarks.output import write_json, write_text
 from router.dashboard import DashboardQueries, LedgerFilter, Window, encode_cursor
 from router.ledger import migrate
 from router.ledger.db import make_engine
@@ -206,18 +206,12 @@ def main() -> None:
             with backend_url(name, Path(tmp)) as url:
                 results.append(run_backend(name, url, rows=args.rows, days=args.days, repeats=args.repeats,
                                            base_repeats=args.base_repeats))
-            if args.json:  # kept after each backend: a later failure loses nothing
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(results, indent=1))
+            write_json(args.json, results)  # kept after each backend: a later failure loses nothing
     table, md = render(results)
     console.print(table)
     console.print(md.split("\n\n", 1)[1] if "\n\n" in md else "")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(md + "\n")
+    write_json(args.json, results)
+    write_text(args.markdown, md + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.output import write_json, write_text
 from experts.r2r import DEFAULT_ROUTER_DIR
 from experts.r2r.answers import final_answer, match_rate, prefix_match
 from experts.r2r.engine import LLM, SLM, GenerationStats, R2REngine
@@ -431,13 +432,8 @@ def main_from_json(args: argparse.Namespace) -> int:
     print_tables(summary, equal, verdict)
     for line in [*bootstrap_lines(meta["bootstrap"]), "", *bound_lines(meta["speed_bound"])]:
         print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "configs": summary, "at_equal_share": equal, "verdict": verdict},
-                                        indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(summary, equal, verdict, meta))
+    write_json(args.json, {"meta": meta, "configs": summary, "at_equal_share": equal, "verdict": verdict})
+    write_text(args.markdown, markdown(summary, equal, verdict, meta))
     return 0
 
 
@@ -503,13 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in [*bootstrap_lines(meta["bootstrap"]), "", *bound_lines(meta["speed_bound"])]:
         print(line)
     print(f"{meta['prompts']} prompts × {len(configs)} runs in {meta['seconds']:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "configs": summary, "at_equal_share": equal, "verdict": verdict,
-                                         "records": records}, indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(summary, equal, verdict, meta))
+    write_json(args.json, {"meta": meta, "configs": summary, "at_equal_share": equal, "verdict": verdict,
+                           "records": records})
+    write_text(args.markdown, markdown(summary, equal, verdict, meta))
     return 0
 
 

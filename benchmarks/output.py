@@ -1,0 +1,19 @@
+"""Where benchmarks leave their results: optional JSON and Markdown files, folders made as needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_text(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path`` (creating its folder); nothing when no path was asked for."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_json(path: Path | None, data: Any, *, indent: int = 1) -> None:
+    write_text(path, json.dumps(data, indent=indent))
