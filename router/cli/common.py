@@ -45,3 +45,14 @@ def stage_progress() -> Iterator[Callable[[str, int, int], None]]:
             progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1))
 
         yield on_progress
+
+
+def save_outputs(json_out: Path | None, report: object, markdown_out: Path | None, markdown_text: str) -> None:
+    """Write the report as JSON and its tables as Markdown where the command was asked to."""
+    import json
+
+    for path, text, label in ((json_out, json.dumps(report, indent=1), "report"), (markdown_out, markdown_text, "tables")):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            console.print(f"{label}: {path}")

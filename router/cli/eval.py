@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from router.cli import app
-from router.cli.common import console, fail, load_settings
+from router.cli.common import console, fail, load_settings, save_outputs
 from router.errors import ExpertmuxError
 
 
@@ -122,14 +122,7 @@ def eval_command(
     except ExpertmuxError as exc:
         fail(exc)
     print_report(report, console)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1))
-        console.print(f"report: {json_out}")
-    if markdown_out:
-        markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        markdown_out.write_text(markdown(report))
-        console.print(f"tables: {markdown_out}")
+    save_outputs(json_out, report, markdown_out, markdown(report) if markdown_out else "")
     if plot_out:
         from policies.evaluation.plot import plot_report
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from router.cli.common import console, fail, load_settings
+from router.cli.common import console, fail, load_settings, save_outputs
 from router.cli.train import train_app
 from router.errors import ExpertmuxError
 
@@ -185,10 +185,4 @@ def run_eval(*, data: Path, artifact: Path | None, models: str | None, split: st
     report = {"dataset": matrix.name, "split": split, "n_queries": len(rows), "models": environment.models,
               "unseen_models": unseen, "artifact": str(adapter) if adapter else None, "results": results,
               "reward_curve": manifest.get("reward_curve")}
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1))
-        console.print(f"report: {json_out}")
-    if markdown_out:
-        markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        markdown_out.write_text(table + "\n")
+    save_outputs(json_out, report, markdown_out, table + "\n")
