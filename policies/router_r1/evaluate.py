@@ -59,8 +59,10 @@ def evaluate_query_policies(data: RoutingData, env: MatrixEnv, rows: Sequence[in
     for name in policies:
         policy = create_policy(name).fit(train)
         choice = policy.decide_many(ev.prompts, np.array([0.0]), candidates=ev.known)[0]
+        picked, counts = np.unique(np.asarray(env.models)[choice], return_counts=True)
         out[name] = {"quality": float(np.nan_to_num(scores[idx, choice]).mean()), "cost_usd": float(costs[idx, choice].mean()),
-                     "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev)}
+                     "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev),
+                     "adopted": {str(k): int(v) for k, v in zip(picked, counts)}}
     best = int(np.nanargmax(np.nanmean(train.scores, axis=0)))
     out["best single (train)"] = {"quality": float(np.nan_to_num(scores[:, best]).mean()), "cost_usd": float(costs[:, best].mean()),
                                   "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev), "model": env.models[best]}
@@ -73,12 +75,17 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)
 
-    lines = ["| router / policy | quality | cost (µUSD / query) | expert calls | well-formed | reward |",
-             "|---|---|---|---|---|---|"]
+    def shares(r) -> str:
+        adopted = r.get("adopted") or {}
+        total = sum(adopted.values())
+        return " · ".join(f"{k} {v / total:.0%}" for k, v in sorted(adopted.items(), key=lambda kv: -kv[1])) if total else "—"
+
+    lines = ["| router / policy | quality | cost (µUSD / query) | expert calls | well-formed | reward | answers from |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         cost = None if r.get("cost_usd") is None else r["cost_usd"] * 1e6
         lines.append(f"| {name} | {f(r['quality'], '.3f')} | {f(cost, '.1f')} | {f(r['calls'], '.2f')} | "
-                     f"{f(r['well_formed'], '.0%')} | {f(r['reward'], '+.3f')} |")
+                     f"{f(r['well_formed'], '.0%')} | {f(r['reward'], '+.3f')} | {shares(r)} |")
     return "\n".join(lines)
 
 

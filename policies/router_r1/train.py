@@ -116,6 +116,10 @@ class History:
                "well_formed": sum(e.outcome.well_formed for e in episodes) / n,
                "quality": sum(e.outcome.quality for e in episodes) / n,
                "calls": sum(e.outcome.n_calls for e in episodes) / n}
+        # which expert the episodes adopted: the routing the RL stage shifts, step by step
+        for e in episodes:
+            key = f"share:{e.outcome.adopted or '(none)'}"
+            row[key] = row.get(key, 0.0) + 1.0 / n
         self.rows.append(row)
         return row
 
@@ -164,7 +168,8 @@ def format_warmup(model, tok, env: Environment, cfg: TrainConfig, *, on_step: Ca
 def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_episode: Callable[[Episode], None] | None = None,
                  on_step: Callable[[dict[str, float]], None] | None = None, workdir: Path | None = None,
                  on_warmup: Callable[[int, float], None] | None = None):
-    """Format warm-up (optional), then GRPO; returns (trained peft model, tokenizer, History)."""
+    """Format warm-up (optional), then GRPO (``steps`` = 0: the warm-up alone, the RL stage's
+    start, for comparison); returns (trained peft model, tokenizer, History)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -220,6 +225,9 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
                              task_type="CAUSAL_LM")
     model = get_peft_model(base, peft_config)
     history.warmup_loss = format_warmup(model, tok, env, cfg, on_step=on_warmup) if cfg.warmup_steps else []
+    if cfg.steps == 0:
+        model.eval()
+        return model, tok, history
     trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=args, train_dataset=dataset, processing_class=tok,
                           rollout_func=rollout_func)
     trainer.train()
@@ -274,23 +282,40 @@ def verify_router_artifact(path: Path) -> tuple[Path, dict[str, Any]]:
     return path, manifest
 
 
-def plot_history(history: History, out: Path, *, title: str = "Router-R1 training") -> Path:
-    """Reward and well-formed share per step (PNG)."""
+def plot_history(history: History, out: Path, *, title: str = "Router-R1 training", window: int = 5) -> Path:
+    """Reward (per step and its running mean), well-formed share and quality per step; below, the
+    share of episodes adopting each expert, which is what the RL stage moves (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    steps = [r["step"] for r in history.rows]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(steps, [r["reward"] for r in history.rows], marker="o", label="mean reward")
-    ax.plot(steps, [r["well_formed"] for r in history.rows], marker="s", label="well-formed share")
-    ax.plot(steps, [r["quality"] for r in history.rows], marker="^", label="mean quality")
-    ax.set_xlabel("GRPO step")
+    rows = history.rows
+    steps = [r["step"] for r in rows]
+    experts = sorted({k for r in rows for k in r if k.startswith("share:")})
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True)
+    reward = np.array([r["reward"] for r in rows])
+    ax.plot(steps, reward, marker="o", ms=3, alpha=0.45, label="mean reward")
+    if len(rows) >= window:
+        ax.plot(steps[window - 1:], np.convolve(reward, np.ones(window) / window, "valid"), lw=2.2,
+                label=f"mean reward, running mean of {window}")
+    ax.plot(steps, [r["well_formed"] for r in rows], marker="s", ms=3, label="well-formed share")
+    ax.plot(steps, [r["quality"] for r in rows], marker="^", ms=3, alpha=0.6, label="mean quality")
     ax.set_ylim(-1.05, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     ax.set_title(title)
+    for key in experts:
+        share = np.array([r.get(key, 0.0) for r in rows])
+        smooth = np.convolve(share, np.ones(window) / window, "valid") if len(rows) >= window else share
+        bx.plot(steps[len(steps) - len(smooth):], smooth, lw=1.8, label=key.split(":", 1)[1])
+    bx.set_ylabel(f"adopted share\n(running mean of {window})" if len(rows) >= window else "adopted share")
+    bx.set_xlabel("GRPO step")
+    bx.set_ylim(-0.02, 1.02)
+    bx.grid(alpha=0.3)
+    if experts:
+        bx.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

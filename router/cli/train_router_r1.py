@@ -20,7 +20,7 @@ def _models(value: str | None) -> list[str] | None:
 @train_app.command("router-r1")
 def train_router_r1_command(
     data: Path = typer.Option(None, "--data", "-d", help="routing-matrix folder (--env matrix)"),
-    steps: int = typer.Option(4, "--steps", min=1, help="GRPO steps"),
+    steps: int = typer.Option(4, "--steps", min=0, help="GRPO steps (0: the format warm-up alone)"),
     alpha: float = typer.Option(0.2, "--alpha", min=0.0, max=1.0, help="weight of the cost reward"),
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     env: str = typer.Option("matrix", "--env", help="matrix (recorded outcomes) | live (local experts, arithmetic task)"),
@@ -54,6 +54,8 @@ def train_router_r1_command(
 
     if env not in ("matrix", "live"):
         fail(f"--env must be 'matrix' or 'live', not {env!r}")
+    if not steps and not warmup_steps:
+        fail("nothing to train: --steps 0 needs --warmup-steps > 0")
     if env == "matrix" and data is None:
         fail("--env matrix needs --data DIR (a routing matrix)")
     try:
@@ -90,9 +92,11 @@ def train_router_r1_command(
                                                 on_warmup=lambda k, loss: progress.update(
                                                     t_warm, completed=k + 1, description=f"format warm-up (loss {loss:.3f})"))
         root = out or settings.data_dir / "policies" / "router-r1"
-        first, last = history.rows[0], history.rows[-1]
-        metrics = {"train_reward_first": first["reward"], "train_reward_last": last["reward"],
-                   "train_well_formed_first": first["well_formed"], "train_well_formed_last": last["well_formed"]}
+        metrics = {}
+        if history.rows:
+            first, last = history.rows[0], history.rows[-1]
+            metrics = {"train_reward_first": first["reward"], "train_reward_last": last["reward"],
+                       "train_well_formed_first": first["well_formed"], "train_well_formed_last": last["well_formed"]}
         path = save_router_artifact(model, root, cfg=cfg, env_info=env_info, history=history, metrics=metrics,
                                     base_model=str(model_path))
         png = plot_history(history, plot or path.parent / f"{path.name}-reward.png")

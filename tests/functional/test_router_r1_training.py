@@ -37,6 +37,10 @@ def test_train_router_r1_writes_a_verified_artifact(tmp_path):
     assert manifest["data"]["env"] == "matrix" and manifest["data"]["fingerprint"]
     assert len(manifest["reward_curve"]) == 2
     assert all(-1.0 <= row["reward"] <= 1.0 for row in manifest["reward_curve"])
+    for row in manifest["reward_curve"]:  # every episode adopted one expert, or none
+        shares = {k: v for k, v in row.items() if k.startswith("share:")}
+        assert shares and sum(shares.values()) == pytest.approx(1.0)
+        assert set(shares) <= {f"share:{m}" for m in manifest["data"]["models"]} | {"share:(none)"}
     assert (out / "v1-reward.png").stat().st_size > 1000
     assert json.loads((path / "adapter_config.json").read_text())["r"] == 4
 
@@ -47,3 +51,20 @@ def test_train_router_r1_writes_a_verified_artifact(tmp_path):
     weights.write_bytes(bytes(raw))
     with pytest.raises(PolicyError, match="sha256"):
         verify_router_artifact(path)
+
+
+def test_warmup_only_run_is_the_rl_stage_start(tmp_path):
+    """``--steps 0`` writes the format warm-up alone (the start GRPO is compared with)."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    _register()
+    data = write_matrix(tmp_path / "matrix", n_per_task=10)
+    out = tmp_path / "artifacts"
+    args = ["train", "router-r1", "--data", str(data), "--steps", "0", "--max-rounds", "1", "--lora-r", "4", "--out", str(out)]
+    refused = CliRunner().invoke(app, [*args, "--warmup-steps", "0"])
+    assert refused.exit_code != 0 and "nothing to train" in refused.output
+    result = CliRunner().invoke(app, [*args, "--warmup-steps", "2"])
+    assert result.exit_code == 0, result.output
+    _path, manifest = verify_router_artifact(out)
+    assert manifest["hyperparameters"]["steps"] == 0 and manifest["reward_curve"] == []
+    assert len(manifest["warmup_loss"]) == 2 and all(loss > 0 for loss in manifest["warmup_loss"])
