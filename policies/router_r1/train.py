@@ -73,6 +73,7 @@ class TrainConfig:
     demonstration: bool = False  # a worked example before the question
     warmup_learning_rate: float = 1e-3
     warmup_steps: int = 30  # supervised format warm-up on scripted trajectories before GRPO (0: pure RL)
+    init_adapter: str = ""  # continue from this router-r1 artifact's adapter (verified), instead of a fresh LoRA
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def agent_config(self) -> AgentConfig:
@@ -223,7 +224,13 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False, shuffle_dataset=False, remove_unused_columns=False)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.target_modules,
                              task_type="CAUSAL_LM")
-    model = get_peft_model(base, peft_config)
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        folder, _manifest = verify_router_artifact(Path(cfg.init_adapter))
+        model = PeftModel.from_pretrained(base, folder, is_trainable=True)
+    else:
+        model = get_peft_model(base, peft_config)
     history.warmup_loss = format_warmup(model, tok, env, cfg, on_step=on_warmup) if cfg.warmup_steps else []
     if cfg.steps == 0:
         model.eval()

@@ -35,6 +35,7 @@ def train_router_r1_command(
     think_budget: int = typer.Option(12, "--think-budget", min=0, help="close thoughts after N tokens (0: off)"),
     demonstration: bool = typer.Option(False, "--demonstration/--no-demonstration", help="a worked example in the prompt"),
     warmup_steps: int = typer.Option(30, "--warmup-steps", min=0, help="supervised format warm-up steps before GRPO"),
+    init_adapter: Path = typer.Option(None, "--init-adapter", help="start from this router-r1 artifact (e.g. a --steps 0 warm-up)"),
     temperature: float = typer.Option(1.0, "--temperature"),
     max_question_chars: int = typer.Option(400, "--max-question-chars"),
     description_chars: int = typer.Option(80, "--description-chars"),
@@ -63,7 +64,7 @@ def train_router_r1_command(
         cfg = TrainConfig(steps=steps, alpha=alpha, lora_r=lora_r, lora_alpha=2 * lora_r, learning_rate=learning_rate,
                           prompts_per_step=prompts_per_step, num_generations=num_generations, max_rounds=max_rounds,
                           max_new_tokens=max_new_tokens, think_budget=think_budget, demonstration=demonstration,
-                          warmup_steps=warmup_steps,
+                          warmup_steps=warmup_steps, init_adapter=str(init_adapter or ""),
                           temperature=temperature, seed=seed, threads=threads, device=device,
                           gradient_accumulation_steps=grad_accum)
         if lora_targets == "all":
