@@ -88,21 +88,26 @@ def test_load_reads_metrics(vllm_backend):
     assert idle.kv_cache_usage is not None and 0.0 <= idle.kv_cache_usage <= 1.0
 
     # While a stream is being generated the server reports it as running and holding KV cache.
+    # Its gauges refresh once per engine step, so sample them throughout the stream rather than once.
     client = OpenAI(base_url=vllm_backend.api_base, api_key=vllm_backend.api_key, timeout=120)
     stream = client.chat.completions.create(
         model=vllm_backend.model_id,
         messages=[{"role": "user", "content": "Count from one to one hundred in words."}],
-        max_tokens=64,
+        max_tokens=160,
         stream=True,
         extra_body={"ignore_eos": True},  # keep generating long enough to be observed
     )
+    busy_samples, chunks = [], 0
     with stream:
-        next(iter(stream))
-        busy = vllm_backend.load()
-        chunks = sum(1 for _ in stream)
-    assert busy is not None and busy.running + busy.waiting >= 1
-    assert busy.kv_cache_usage is not None and busy.kv_cache_usage > 0
+        for _ in stream:
+            chunks += 1
+            if chunks % 4 == 1:
+                snapshot = vllm_backend.load()
+                if snapshot is not None and snapshot.running + snapshot.waiting >= 1:
+                    busy_samples.append(snapshot)
     assert chunks > 0
+    assert busy_samples, "the server never reported the stream as running or waiting"
+    assert any(s.kv_cache_usage is not None and s.kv_cache_usage > 0 for s in busy_samples)
 
 
 def test_stop_ends_the_server_and_its_children(vllm_backend):
