@@ -46,23 +46,14 @@ import numpy as np
 from policies.categories import CategoryModel, cross_fitted_proba, fit_categories
 from policies.descriptors import model_descriptor, task_description
 from policies.embeddings import get_encoder
-from policies.graphrouter_net import E_LQ, E_LT, E_QL, E_QT, E_TL, E_TQ, L, Q, T, build_net, compile_query_side, predict_compiled
+from policies.graphrouter_graph import GraphNodes, llm_numeric, training_graph
+from policies.graphrouter_net import E_LQ, E_TQ, L, Q, T, build_net, compile_query_side, predict_compiled
 from policies.learned import EmbeddingPolicy
 from policies.neural import holdout_split, load_net_state, net_state, single_thread
 from policies.progress import report
 from policies.serving import MappedPolicy, check_expert_map
 from router.errors import PolicyError
 from router.types import ExpertInfo
-
-
-def llm_numeric(experts: Sequence[ExpertInfo]) -> np.ndarray:
-    """log10 parameters (B) and log10 prices (USD per 1M tokens), with a flag for unknown size."""
-    rows = []
-    for e in experts:
-        size = np.log10(e.params_b) if e.params_b else 0.0
-        rows.append([size / 2.0, float(e.params_b is None), np.log10(1.0 + e.input_usd_per_mtok),
-                     np.log10(1.0 + e.output_usd_per_mtok)])
-    return np.asarray(rows, dtype=np.float32)
 
 
 class GraphRouterPolicy(EmbeddingPolicy):
@@ -191,7 +182,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
             # a random share of the other queries sends messages this epoch (neighbour sampling)
             dropped = fit_rows[draw >= self.target_share + (1 - self.target_share) * self.message_share]
             unseen = [int(rng.choice(seen))] if len(seen) > 1 and rng.random() < self.unseen_llm_prob else []
-            batch = self._graph(np.r_[targets, val_rows], oof, unseen, dropped)
+            batch = training_graph(self._nodes(), np.r_[targets, val_rows], oof, unseen, dropped, self.top_tasks)
             self.net_.train()
             hs = self.net_.layers(*batch)
             t = torch.as_tensor(np.r_[targets, val_rows])
@@ -226,70 +217,8 @@ class GraphRouterPolicy(EmbeddingPolicy):
         report(stage, epochs_run, epochs_run)
         return {"epochs": float(epochs_run), "val_loss": best if best_state is not None else float("nan")}
 
-    def _graph(self, targets: np.ndarray, oof: np.ndarray, unseen: Sequence[int], dropped: np.ndarray | None = None):
-        """Node features, edges and edge attributes of the training graph (one query node per
-        training row), with the ``targets`` rows masked as new queries and the ``unseen`` LLMs
-        stripped of every observed edge. Returned in the order ``Net.layers`` takes."""
-        import torch
-
-        n, m = self.effect_.shape
-        is_target = np.zeros(n, dtype=bool)
-        is_target[targets] = True
-        silent = is_target.copy()
-        if dropped is not None:
-            silent[dropped] = True
-        msg = np.flatnonzero(~silent)
-        observed = ~np.isnan(self.effect_)
-        llm_ok = self.seen_.copy()
-        llm_ok[list(unseen)] = False
-        # query -> task (messages only from message queries, to their own category)
-        qt_src, qt_dst = msg, self.train_task_[msg]
-        # task -> query: message queries from their category; targets from top predicted ones
-        tq_dst, tq_dst_t, tq_attr = [msg], [self.train_task_[msg]], [np.ones(len(msg))]
-        if len(targets):
-            k = min(self.top_tasks, oof.shape[1])
-            top = np.argsort(-oof[targets], axis=1)[:, :k]
-            tq_dst.append(np.repeat(targets, k))
-            tq_dst_t.append(top.ravel())
-            tq_attr.append(np.take_along_axis(oof[targets], top, axis=1).ravel())
-        tq_q, tq_t, tq_a = np.concatenate(tq_dst), np.concatenate(tq_dst_t), np.concatenate(tq_attr)
-        # query <-> llm: observed attributes from message queries to seen LLMs, zeros otherwise
-        obs = observed & ~silent[:, None] & llm_ok[None, :]
-        ql_q, ql_l = np.nonzero(obs)
-        ql_attr = np.stack([self.effect_[ql_q, ql_l], self.cost_norm_[ql_q, ql_l], np.ones(len(ql_q))], axis=1)
-        # An LLM without observations (held out this epoch, excluded, or added for serving) sends
-        # no messages: a new LLM node never changes the scores of the others.
-        senders = np.flatnonzero(llm_ok)
-        active = np.r_[msg, np.flatnonzero(is_target)]  # queries that take part this time
-        lq_q, lq_l = active.repeat(len(senders)), np.tile(senders, len(active))
-        lq_attr = np.zeros((len(lq_q), 3), dtype=np.float32)
-        o = obs[lq_q, lq_l]
-        lq_attr[o] = np.stack([self.effect_[lq_q[o], lq_l[o]], self.cost_norm_[lq_q[o], lq_l[o]], np.ones(o.sum())], axis=1)
-
-        # task <-> llm: the LLM's mean effect and cost over the task's message queries
-        k = self.task_x_.shape[0]
-        onehot = np.zeros((n, k), dtype=np.float32)
-        onehot[msg, self.train_task_[msg]] = 1.0
-        cnt = onehot.T @ obs.astype(np.float32)
-        mean_eff = (onehot.T @ np.where(obs, self.effect_, 0.0)) / np.maximum(cnt, 1.0)
-        mean_cost = (onehot.T @ np.where(obs, self.cost_norm_, 0.0)) / np.maximum(cnt, 1.0)
-        lt_t, lt_l = np.divmod(np.arange(k * m), m)
-        has = (cnt > 0).astype(np.float32)
-        lt_attr = np.stack([mean_eff[lt_t, lt_l], mean_cost[lt_t, lt_l], has[lt_t, lt_l]], axis=1)
-        lt_send = llm_ok[lt_l]  # task -> llm edges reach every LLM; llm -> task only from senders
-
-        def ei(a, b):
-            return torch.as_tensor(np.stack([a, b]).astype(np.int64))
-
-        def fa(a):
-            return torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
-
-        x = {Q: torch.as_tensor(self.train_x_), T: torch.as_tensor(self.task_x_), L: torch.as_tensor(self.llm_x_)}
-        edges = {E_QT: ei(qt_src, qt_dst), E_TQ: ei(tq_t, tq_q), E_QL: ei(ql_q, ql_l), E_LQ: ei(lq_l, lq_q),
-                 E_LT: ei(lt_l[lt_send], lt_t[lt_send]), E_TL: ei(lt_t, lt_l)}
-        attrs = {E_QT: fa(np.ones(len(qt_src))), E_TQ: fa(tq_a), E_QL: fa(ql_attr), E_LQ: fa(lq_attr),
-                 E_LT: fa(lt_attr[lt_send]), E_TL: fa(lt_attr)}
-        return x, edges, attrs
+    def _nodes(self) -> GraphNodes:
+        return GraphNodes(self.train_x_, self.task_x_, self.llm_x_, self.train_task_, self.effect_, self.cost_norm_, self.seen_)
 
     def _refresh_cache(self) -> None:
         """Task and LLM node states of the full training graph (every query a message query)."""
@@ -297,7 +226,7 @@ class GraphRouterPolicy(EmbeddingPolicy):
 
         with torch.no_grad(), single_thread():
             self.net_.eval()
-            hs = self.net_.layers(*self._graph(np.zeros(0, dtype=np.int64), np.zeros((0, self.categories_.n)), []))
+            hs = self.net_.layers(*training_graph(self._nodes(), np.zeros(0, dtype=np.int64), np.zeros((0, self.categories_.n)), []))
             self.cache_ = [{T: h[T].detach(), L: h[L].detach()} for h in hs]
             self.fast_ = compile_query_side(self.net_, self.cache_, self.seen_, len(self.llm_x_))
 
