@@ -154,7 +154,8 @@ class LiveEnv:
                     return name, reply
         return None, result.answer
 
-    def outcome(self, i: int, result: AgentResult, *, alpha: float) -> LiveOutcome:
+    def outcome(self, i: int, result: AgentResult, *, alpha: float, pool: Sequence[str] | None = None) -> LiveOutcome:
+        """How the episode scores (the normaliser is fixed here, whatever ``pool`` was offered)."""
         adopted, text = self.adopted(result)
         quality = score_answer(text, self.problems[i].gold)
         cost = sum(c.cost_usd for c in result.calls)

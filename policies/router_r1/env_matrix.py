@@ -14,7 +14,8 @@ The abstraction (stated in the README, section Router-R1):
   call is the router's own and scores 0 (it has no recorded outcome). When the agent falls back
   (malformed trajectory), the fallback expert's reply is the answer and its score counts for the
   quality report, while the reward is the format penalty;
-- the cost normaliser of the reward is the row's most expensive single call among the candidates.
+- the cost normaliser of the reward is the row's most expensive single call among the candidates
+  the router was offered (all of them, or the episode's sampled pool in training).
 
 Candidates' descriptors: ``descriptors.yaml`` text (else models.json facts), prices and size from
 ``models.json``, example performance from the TRAIN split per task (``example_performance``), so
@@ -121,8 +122,11 @@ class MatrixEnv:
 
         return call
 
-    def max_cost(self, i: int) -> float:
+    def max_cost(self, i: int, pool: Sequence[str] | None = None) -> float:
+        """The row's most expensive known single call among ``pool`` (default: every candidate)."""
         known = np.isfinite(self.data.scores[i])
+        if pool is not None:
+            known &= np.isin(self.models, list(pool))
         return float(np.nanmax(np.where(known, self.costs[i], np.nan))) if known.any() else 0.0
 
     def score(self, i: int, name: str | None) -> float:
@@ -144,11 +148,13 @@ class MatrixEnv:
                 return name
         return called[-1]
 
-    def outcome(self, i: int, result: AgentResult, *, alpha: float) -> Outcome:
+    def outcome(self, i: int, result: AgentResult, *, alpha: float, pool: Sequence[str] | None = None) -> Outcome:
+        """How the episode scores; ``pool``: the candidates the router was offered (the cost
+        normaliser is the dearest of them)."""
         adopted = self.adopted(result)
         quality = self.score(i, adopted)
         cost = sum(c.cost_usd for c in result.calls)
         reward = router_reward(well_formed=result.well_formed, outcome=quality, cost_usd=cost,
-                               max_cost_usd=self.max_cost(i), alpha=alpha)
+                               max_cost_usd=self.max_cost(i, pool), alpha=alpha)
         return Outcome(quality=quality, adopted=adopted, cost_usd=cost, reward=reward, n_calls=result.n_rounds,
                        well_formed=result.well_formed)

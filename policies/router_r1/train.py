@@ -49,7 +49,7 @@ class Environment(Protocol):
     def __len__(self) -> int: ...
     def question(self, i: int) -> str: ...
     def call_expert(self, i: int) -> Callable: ...
-    def outcome(self, i: int, result: AgentResult, *, alpha: float) -> Any: ...
+    def outcome(self, i: int, result: AgentResult, *, alpha: float, pool: Sequence[str] | None = None) -> Any: ...
 
 
 @dataclass
@@ -74,6 +74,7 @@ class TrainConfig:
     warmup_learning_rate: float = 1e-3
     warmup_steps: int = 30  # supervised format warm-up on scripted trajectories before GRPO (0: pure RL)
     init_adapter: str = ""  # continue from this router-r1 artifact's adapter (verified), instead of a fresh LoRA
+    pool_size: int = 0  # training episodes offer a random subset of this many candidates, in random order (0: all)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def agent_config(self) -> AgentConfig:
@@ -91,16 +92,28 @@ class Episode:
     outcome: Any
 
 
+def candidate_pool(env: Environment, i: int, cfg: TrainConfig) -> list:
+    """The candidates offered on row ``i`` in training: all of them, or (``pool_size``) a random
+    subset in random order, fixed per row so that a GRPO group shares it. The router can then
+    not memorise one name or position; it has to read the list it is given."""
+    if not 0 < cfg.pool_size < len(env.candidates):
+        return list(env.candidates)
+    return random.Random(f"{cfg.seed}:pool:{i}").sample(list(env.candidates), k=cfg.pool_size)
+
+
 def run_episode(env: Environment, i: int, tok, model, cfg: TrainConfig, *, greedy: bool = False,
-                rng: random.Random | None = None) -> Episode:
+                rng: random.Random | None = None, candidates: Sequence | None = None) -> Episode:
+    """One episode on row ``i``, offering ``candidates`` (default: every candidate of ``env``)."""
     rng = rng or random.Random(f"{cfg.seed}:{i}")
-    demo = demonstration([c.name for c in env.candidates], rng) if cfg.demonstration else None
+    offered = list(candidates) if candidates is not None else list(env.candidates)
+    demo = demonstration([c.name for c in offered], rng) if cfg.demonstration else None
     rollout = TokenRollout(tok, model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, greedy=greedy,
                            demonstration=demo, think_budget=cfg.think_budget or None)
-    agent = RouterR1Agent(env.candidates, rollout, env.call_expert(i), cfg.agent_config())
+    agent = RouterR1Agent(offered, rollout, env.call_expert(i), cfg.agent_config())
     result = agent.run_sync(env.question(i))
+    pool = [c.name for c in offered] if candidates is not None else None
     return Episode(rollout.prompt_ids, rollout.completion_ids or [tok.eos_token_id], rollout.mask or [0], result,
-                   env.outcome(i, result, alpha=cfg.alpha))
+                   env.outcome(i, result, alpha=cfg.alpha, pool=pool))
 
 
 @dataclass
@@ -142,9 +155,10 @@ def format_warmup(model, tok, env: Environment, cfg: TrainConfig, *, on_step: Ca
     losses = []
     for step in range(cfg.warmup_steps):
         i = rng.randrange(len(env))
-        name = rng.choice(env.candidates).name
+        offered = candidate_pool(env, i, cfg)
+        name = rng.choice(offered).name
         question = env.question(i)
-        messages = P.build_messages(question, env.candidates, max_rounds=cfg.max_rounds)
+        messages = P.build_messages(question, offered, max_rounds=cfg.max_rounds)
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         ids, labels = list(ids), [-100] * len(ids)
         info = P.information_turn(env.call_expert(i)(name, question).text)
@@ -199,7 +213,8 @@ def train_router(env: Environment, model_path: Path, cfg: TrainConfig, *, on_epi
         model.eval()
         episodes = []
         for p in prompts:
-            episodes.append(run_episode(env, int(p.split(":", 1)[1]), tok, model, cfg, rng=rng))
+            row = int(p.split(":", 1)[1])
+            episodes.append(run_episode(env, row, tok, model, cfg, rng=rng, candidates=candidate_pool(env, row, cfg)))
             if on_episode:
                 on_episode(episodes[-1])
         if was_training:

@@ -36,6 +36,8 @@ def train_router_r1_command(
     demonstration: bool = typer.Option(False, "--demonstration/--no-demonstration", help="a worked example in the prompt"),
     warmup_steps: int = typer.Option(30, "--warmup-steps", min=0, help="supervised format warm-up steps before GRPO"),
     init_adapter: Path = typer.Option(None, "--init-adapter", help="start from this router-r1 artifact (e.g. a --steps 0 warm-up)"),
+    pool_size: int = typer.Option(0, "--pool-size", min=0,
+                                  help="offer each training episode a random subset of N candidates, in random order (0: all)"),
     temperature: float = typer.Option(1.0, "--temperature"),
     max_question_chars: int = typer.Option(400, "--max-question-chars"),
     description_chars: int = typer.Option(80, "--description-chars"),
@@ -64,7 +66,7 @@ def train_router_r1_command(
         cfg = TrainConfig(steps=steps, alpha=alpha, lora_r=lora_r, lora_alpha=2 * lora_r, learning_rate=learning_rate,
                           prompts_per_step=prompts_per_step, num_generations=num_generations, max_rounds=max_rounds,
                           max_new_tokens=max_new_tokens, think_budget=think_budget, demonstration=demonstration,
-                          warmup_steps=warmup_steps, init_adapter=str(init_adapter or ""),
+                          warmup_steps=warmup_steps, init_adapter=str(init_adapter or ""), pool_size=pool_size,
                           temperature=temperature, seed=seed, threads=threads, device=device,
                           gradient_accumulation_steps=grad_accum)
         if lora_targets == "all":

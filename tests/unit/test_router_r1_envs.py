@@ -81,6 +81,25 @@ def test_reward_hand_computed(data):
     assert own.quality == 0 and own.cost_usd == 0 and own.reward.total == pytest.approx(0.5)
 
 
+def test_sampled_pool_varies_per_row_and_normalises_cost_by_its_dearest(data):
+    from policies.router_r1.train import TrainConfig, candidate_pool
+
+    env = MatrixEnv(data, split="test")
+    assert candidate_pool(env, 0, TrainConfig(pool_size=0)) == env.candidates
+    assert candidate_pool(env, 0, TrainConfig(pool_size=5)) == env.candidates  # a pool as large as the set: all
+    cfg = TrainConfig(pool_size=2, seed=7)
+    pools = [candidate_pool(env, i, cfg) for i in range(len(env))]
+    assert all(len(p) == 2 and len({c.name for c in p}) == 2 for p in pools)
+    assert pools == [candidate_pool(env, i, cfg) for i in range(len(env))]  # fixed per row: a GRPO group shares it
+    assert len({tuple(c.name for c in p) for p in pools}) > 3  # subsets and orders vary
+    # offered small and mid only, calling mid costs the whole normaliser; offered all three, a fraction
+    j = env.models.index("mid")
+    i = int(np.flatnonzero(env.data.scores[:, j] == 1)[0])
+    res = run(env, i, "<search>mid: q</search>", "<answer>mid</answer>")
+    assert env.outcome(i, res, alpha=1.0, pool=["small", "mid"]).reward.total == pytest.approx(0.0)
+    assert env.outcome(i, res, alpha=1.0).reward.total == pytest.approx(1 - env.costs[i, j] / env.costs[i].max())
+
+
 def test_malformed_episode_scores_the_penalty_and_the_fallback_quality(data):
     env = MatrixEnv(data, split="test")
     res = run(env, 1, "no tags at all")
