@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks.r2r import configs_of, main, paired_bootstrap, speed_bound, summarise, summarise_stored
+from benchmarks.r2r import configs_of, main, summarise_stored
+from benchmarks.r2r_report import paired_bootstrap, speed_bound, summarise
 
 
 def _record(prompt: int, config: str, *, tokens=10, llm_tokens=0, seconds=1.0, slm_s=0.0, llm_s=0.0, same=True, **extra):
