@@ -46,7 +46,19 @@ def evaluate_router(env: MatrixEnv, rows: Sequence[int], tok, model, cfg: TrainC
             "adopted": {str(k): int(v) for k, v in zip(names, counts)}}
 
 
-def evaluate_query_policies(data: RoutingData, env: MatrixEnv, rows: Sequence[int], policies: Sequence[str]) -> dict[str, Any]:
+def single_call_rewards(scores: np.ndarray, costs: np.ndarray, known: np.ndarray, alpha: float) -> np.ndarray:
+    """The reward one well-formed call to each expert would earn on each row (rows × experts):
+    (1 − α)·score + α·(1 − cost / the row's dearest known call), as ``reward.router_reward``."""
+    cmax = np.where(known, costs, -np.inf).max(axis=1, keepdims=True)
+    r_cost = np.where(cmax > 0, 1.0 - np.clip(costs / np.where(cmax > 0, cmax, 1.0), 0.0, 1.0), 1.0)
+    return (1.0 - alpha) * np.clip(np.nan_to_num(scores), 0.0, 1.0) + alpha * r_cost
+
+
+def evaluate_query_policies(data: RoutingData, env: MatrixEnv, rows: Sequence[int], policies: Sequence[str],
+                            alpha: float | None = None) -> dict[str, Any]:
+    """With ``alpha``, each one-call row also gets the reward the router is trained on, and the
+    expert with the best mean train reward (what a router that ignores the query should learn)
+    gets its own row."""
     """Fit each policy on the train rows (same models as ``env``), decide at λ = 0 on ``rows``."""
     from policies.registry import create_policy
 
@@ -56,16 +68,29 @@ def evaluate_query_policies(data: RoutingData, env: MatrixEnv, rows: Sequence[in
     scores, costs = ev.scores, ev.cost_matrix()
     out: dict[str, Any] = {}
     idx = np.arange(len(ev))
+    rewards = single_call_rewards(scores, costs, ev.known, alpha) if alpha is not None else None
+
+    def reward_of(choice):
+        return None if rewards is None else float(rewards[np.arange(len(choice)), choice].mean())
+
     for name in policies:
         policy = create_policy(name).fit(train)
         choice = policy.decide_many(ev.prompts, np.array([0.0]), candidates=ev.known)[0]
         picked, counts = np.unique(np.asarray(env.models)[choice], return_counts=True)
         out[name] = {"quality": float(np.nan_to_num(scores[idx, choice]).mean()), "cost_usd": float(costs[idx, choice].mean()),
-                     "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev),
+                     "calls": 1.0, "well_formed": None, "reward": reward_of(choice), "n": len(ev),
                      "adopted": {str(k): int(v) for k, v in zip(picked, counts)}}
     best = int(np.nanargmax(np.nanmean(train.scores, axis=0)))
     out["best single (train)"] = {"quality": float(np.nan_to_num(scores[:, best]).mean()), "cost_usd": float(costs[:, best].mean()),
-                                  "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev), "model": env.models[best]}
+                                  "calls": 1.0, "well_formed": None, "reward": reward_of(np.full(len(ev), best)), "n": len(ev),
+                                  "model": env.models[best]}
+    if alpha is not None:
+        train_rewards = single_call_rewards(train.scores, train.cost_matrix(), train.known, alpha)
+        by_reward = int(np.nanargmax(np.nanmean(np.where(train.known, train_rewards, np.nan), axis=0)))
+        out[f"best single by reward (train, α={alpha:g})"] = {
+            "quality": float(np.nan_to_num(scores[:, by_reward]).mean()), "cost_usd": float(costs[:, by_reward].mean()),
+            "calls": 1.0, "well_formed": None, "reward": reward_of(np.full(len(ev), by_reward)), "n": len(ev),
+            "model": env.models[by_reward]}
     top = np.where(ev.known, scores, -np.inf).max(axis=1)
     out["oracle"] = {"quality": float(top.mean()), "cost_usd": None, "calls": 1.0, "well_formed": None, "reward": None, "n": len(ev)}
     return out
@@ -78,7 +103,9 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     def shares(r) -> str:
         adopted = r.get("adopted") or {}
         total = sum(adopted.values())
-        return " · ".join(f"{k} {v / total:.0%}" for k, v in sorted(adopted.items(), key=lambda kv: -kv[1])) if total else "—"
+        if not total:
+            return r.get("model") or "—"
+        return " · ".join(f"{k} {v / total:.0%}" for k, v in sorted(adopted.items(), key=lambda kv: -kv[1]))
 
     lines = ["| router / policy | quality | cost (µUSD / query) | expert calls | well-formed | reward | answers from |",
              "|---|---|---|---|---|---|---|"]

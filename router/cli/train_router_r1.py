@@ -180,7 +180,7 @@ def run_eval(*, data: Path, artifact: Path | None, models: str | None, split: st
             names = [p.strip() for p in policies.split(",") if p.strip()]
             if names:
                 task = progress.add_task(f"query-level policies ({', '.join(names)})", total=1)
-                results.update(evaluate_query_policies(matrix, environment, rows, names))
+                results.update(evaluate_query_policies(matrix, environment, rows, names, alpha=cfg.alpha))
                 progress.advance(task)
     except (ExpertmuxError, ValueError, RuntimeError, OSError) as exc:
         fail(exc if isinstance(exc, ExpertmuxError) else str(exc))
