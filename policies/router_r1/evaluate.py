@@ -18,6 +18,7 @@ import numpy as np
 
 from policies.data import TRAIN, RoutingData
 from policies.router_r1.env_matrix import MatrixEnv
+from policies.router_r1.reward import router_reward
 from policies.router_r1.train import TrainConfig, run_episode
 
 
@@ -47,19 +48,21 @@ def evaluate_router(env: MatrixEnv, rows: Sequence[int], tok, model, cfg: TrainC
 
 
 def single_call_rewards(scores: np.ndarray, costs: np.ndarray, known: np.ndarray, alpha: float) -> np.ndarray:
-    """The reward one well-formed call to each expert would earn on each row (rows × experts):
-    (1 − α)·score + α·(1 − cost / the row's dearest known call), as ``reward.router_reward``."""
-    cmax = np.where(known, costs, -np.inf).max(axis=1, keepdims=True)
-    r_cost = np.where(cmax > 0, 1.0 - np.clip(costs / np.where(cmax > 0, cmax, 1.0), 0.0, 1.0), 1.0)
-    return (1.0 - alpha) * np.clip(np.nan_to_num(scores), 0.0, 1.0) + alpha * r_cost
+    """The reward (``reward.router_reward``) one well-formed call to each expert would earn on
+    each row (rows × experts), the cost normalised by the row's dearest known call."""
+    cmax = np.where(known, costs, -np.inf).max(axis=1)
+    outcome = np.nan_to_num(scores)
+    return np.array([[router_reward(well_formed=True, outcome=float(outcome[i, j]), cost_usd=float(costs[i, j]),
+                                    max_cost_usd=float(cmax[i]), alpha=alpha).total for j in range(costs.shape[1])]
+                     for i in range(costs.shape[0])]).reshape(costs.shape)
 
 
 def evaluate_query_policies(data: RoutingData, env: MatrixEnv, rows: Sequence[int], policies: Sequence[str],
                             alpha: float | None = None) -> dict[str, Any]:
-    """With ``alpha``, each one-call row also gets the reward the router is trained on, and the
+    """Fit each policy on the train rows (same models as ``env``), decide at λ = 0 on ``rows``.
+    With ``alpha``, each one-call row also gets the reward the router is trained on, and the
     expert with the best mean train reward (what a router that ignores the query should learn)
     gets its own row."""
-    """Fit each policy on the train rows (same models as ``env``), decide at λ = 0 on ``rows``."""
     from policies.registry import create_policy
 
     sub = data.select_models(env.models)
