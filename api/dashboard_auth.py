@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from router.errors import AuthenticationError, PermissionDeniedError
+from core.errors import AuthenticationError, PermissionDeniedError
 
 COOKIE = "expertmux_admin"
 CSRF_HEADER = "x-expertmux-csrf"
@@ -111,7 +111,8 @@ async def logout():
 # Assets carry no data: served without a session (the login page needs them). plotly.js comes
 # from the installed plotly package, never from a CDN.
 _ASSETS = {"dashboard.css": "text/css", "dashboard.js": "text/javascript", "overview.js": "text/javascript",
-           "tuning.js": "text/javascript", "ledger.js": "text/javascript", "login.js": "text/javascript"}
+           "tuning.js": "text/javascript", "ledger.js": "text/javascript", "over_time.js": "text/javascript",
+           "login.js": "text/javascript"}
 
 
 @router.get("/static/plotly.min.js")
@@ -126,7 +127,7 @@ async def plotly_js():
 async def asset(name: str):
     media = _ASSETS.get(name)
     if media is None:
-        from router.errors import NotFoundError
+        from core.errors import NotFoundError
 
         raise NotFoundError(f"no dashboard asset {name!r}")
     return FileResponse(STATIC / name, media_type=media, headers={"cache-control": "no-cache"})

@@ -1,4 +1,9 @@
-"""The one place where errors become HTTP responses, always in the OpenAI error format."""
+"""The one place where errors become HTTP responses, always in the OpenAI error format.
+
+Only an error's ``message`` reaches the client, never its ``detail``. As a last line of defence
+any configured expert address still found in a message is hidden here too: an error raised by
+code that forgot the rule must not tell a client where the experts run.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import json_response
-from router.errors import ExpertmuxError
+from core.errors import ExpertmuxError
 
 log = logging.getLogger("expertmux.api")
 
@@ -18,11 +23,28 @@ def error_body(message: str, *, error_type: str, code: str | None, param: str | 
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def _hide_addresses(request: Request, message: str) -> str:
+    """``message`` without the base URL, credentials or host:port of any configured expert."""
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        return message
+    for expert in service.experts:
+        base = expert.backend.api_base
+        if not base:
+            continue
+        netloc = base.split("://", 1)[-1].split("/", 1)[0]
+        for secret in sorted({base, netloc, netloc.rsplit("@", 1)[-1]}, key=len, reverse=True):
+            if secret and secret in message:
+                message = message.replace(secret, "<hidden>")
+    return message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExpertmuxError)
     async def _expertmux(request: Request, exc: ExpertmuxError):
         headers = {"x-expertmux-request-id": exc.request_id} if exc.request_id else None
-        return json_response(error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
+        message = _hide_addresses(request, exc.message)
+        return json_response(error_body(message, error_type=exc.error_type, code=exc.code, param=exc.param),
                              status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.responses import json_response
-from router.errors import AuthenticationError
+from core.errors import AuthenticationError
 
 
 def require_admin(request: Request) -> None:

@@ -1,20 +1,22 @@
-"""The dashboard's JSON API (``/admin/api/...``): thin routes over ``router.dashboard`` (ledger
-queries), ``router.tuning`` (cost–quality curves), ``PolicySet.tune`` (active policy and λ)
-and ``router.policy_registry`` (promote / roll back). Authentication: ``api.dashboard_auth``."""
+"""The dashboard's JSON API (``/admin/api/...``): thin routes over ``router.dashboard.queries`` (ledger
+queries), ``router.lifecycle.tuning`` (cost–quality curves), ``PolicySet.tune`` (active policy and λ)
+and ``router.lifecycle.registry`` (promote / roll back). Authentication: ``api.dashboard_auth``."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.dashboard_auth import require_dashboard
 from api.responses import json_response
-from router.dashboard import STATUSES, DashboardQueries, LedgerFilter, Window
-from router.errors import InvalidRequestError, PolicyError
-from router.tuning import TuningService, promotion_gate, record_tuning
+from core.errors import InvalidRequestError, PolicyError
+from router.dashboard.queries import STATUSES, DashboardQueries
+from router.dashboard.windows import LedgerFilter, Window
+from router.lifecycle.tuning import TuningService, promotion_gate, record_tuning
 
 router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_dashboard)], include_in_schema=False)
 ACTOR = "dashboard"
@@ -30,7 +32,7 @@ def _queries(request: Request) -> DashboardQueries:
 def _tuning(request: Request) -> TuningService:
     state = request.app.state
     if getattr(state, "tuning", None) is None:
-        from router.settings import PROJECT_ROOT
+        from core.settings import PROJECT_ROOT
 
         settings = state.settings
         state.tuning = TuningService(settings.app_config.tuning, state.service.experts.infos(),
@@ -53,6 +55,43 @@ async def overview(request: Request, since: datetime | None = None, until: datet
     q, w = _queries(request), _window(since, until, hours)
     traffic, quality = await asyncio.gather(asyncio.to_thread(q.overview, w, buckets=buckets), asyncio.to_thread(q.quality, w))
     return json_response({**traffic, "quality": quality})
+
+
+@router.get("/cascades")
+async def cascades(request: Request, since: datetime | None = None, until: datetime | None = None,
+                   hours: float | None = Query(None, gt=0, le=24 * 366)):
+    """Cascade requests per policy: escalation rate, mean steps, the cost and time escalation added."""
+    q, w = _queries(request), _window(since, until, hours)
+    return json_response(await asyncio.to_thread(q.cascades, w))
+
+
+# ---- the experts' own calibration and the policy learned on it ----------------------------------
+@router.get("/autolearn")
+async def autolearn(request: Request):
+    """The background job's stage and progress, the gate's verdict, and the calibration matrix
+    per expert and per skill × expert."""
+    from router.dashboard.calibration import calibration_summary
+
+    state = request.app.state
+    job = state.runtime.autolearn
+    status = job.status() if job is not None else {"stage": "off", "message": _autolearn_off(state.settings)}
+    folder = job.out if job is not None else (state.settings.app_config.tuning.data if state.settings.app_config.tuning else None)
+    if folder is not None and not Path(folder).is_absolute():
+        from core.settings import PROJECT_ROOT
+
+        folder = PROJECT_ROOT / folder
+    matrix = await asyncio.to_thread(calibration_summary, folder) if folder is not None else None
+    return json_response({"job": status, "matrix": matrix, "active_policy": state.service.policies.active_name})
+
+
+def _autolearn_off(settings) -> str:
+    """Why the job does not run in this process (the config, or this replica's switch)."""
+    cfg = settings.app_config.autolearn
+    if cfg is None:
+        return "autolearn is not configured: the config has no autolearn section"
+    if settings.autolearn is False and cfg.enabled:
+        return "autolearn is off in this process (EXPERTMUX_AUTOLEARN=false); the replica that runs it promotes through the registry"
+    return "autolearn is not enabled in the config (autolearn.enabled: false)"
 
 
 # ---- ledger browser -----------------------------------------------------------------------------
@@ -85,7 +124,7 @@ async def request_detail(request_id: str, request: Request):
 # ---- policies: tuning, apply, registry ------------------------------------------------------------
 @router.get("/policies")
 async def policies(request: Request):
-    from router import policy_registry
+    from router.lifecycle import registry as policy_registry
 
     service = request.app.state.service
     engine = service.ledger.engine
@@ -165,7 +204,7 @@ async def _resync(request: Request) -> None:
 async def promote(name: str, body: Promote, request: Request):
     """Promote a registered version through the gate; a refusal is an answer (``action: refuse``)
     with the gate's comparison, not an error."""
-    from router import policy_registry
+    from router.lifecycle import registry as policy_registry
 
     service = request.app.state.service
     gate = promotion_gate(request.app.state.settings, name, lambda_=service.policies.default_lambda)
@@ -178,7 +217,7 @@ async def promote(name: str, body: Promote, request: Request):
 
 @router.post("/policies/{name}/rollback")
 async def rollback(name: str, request: Request, body: Rollback | None = None):
-    from router import policy_registry
+    from router.lifecycle import registry as policy_registry
 
     engine = request.app.state.service.ledger.engine
     try:

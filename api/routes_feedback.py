@@ -1,4 +1,4 @@
-"""``POST /v1/feedback``: rate an answered request. Thin route over ``router.feedback``."""
+"""``POST /v1/feedback``: rate an answered request. Thin route over ``router.learning.feedback``."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.errors import error_body
 from api.responses import json_response
-from router.errors import RequestTooLargeError, ShuttingDownError
+from core.errors import RequestTooLargeError, ShuttingDownError
 
 router = APIRouter()
 
@@ -53,10 +53,16 @@ def _body_reader(request: Request):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        body = await request.body()
-        if len(body) > limit:
-            raise RequestTooLargeError(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
-        return body
+        # Read piece by piece: a chunked body with no Content-Length is refused as soon as it
+        # passes the limit, never buffered whole.
+        parts: list[bytes] = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            parts.append(part)
+        return b"".join(parts)
 
     return read
 

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.responses import json_response
 from api.routes_admin import require_admin
-from router.errors import InvalidRequestError, PolicyError
-from router.protocol import RoutingOptionsIn
-from router.types import RouteRequest, RoutingOptions
+from core.errors import InvalidRequestError, PolicyError
+from core.types import RouteRequest, RoutingOptions
+from router.request.protocol import RoutingOptionsIn
 
 router = APIRouter(prefix="/admin/policies", dependencies=[Depends(require_admin)])
 

@@ -2,7 +2,7 @@
 
 1. A weak initial policy (``--initial``: always the cheapest model, or a kNN fitted on
    ``--seed-rows`` training queries) serves ``--requests`` requests drawn from the matrix's
-   ``train`` split, exploring ε-greedily (``router.exploration``).
+   ``train`` split, exploring ε-greedily (``router.lifecycle.exploration``).
    Each request becomes a ledger row the way the service writes it (``RequestTrace`` → the
    batched ``LedgerWriter`` → a real SQLite file), priced with the matrix's cost of the chosen
    model; the matrix's ``score::<model>`` of that model comes back as ``auto`` feedback through
@@ -50,7 +50,7 @@ def open_ledger(path: Path):
 
 def sync_models(engine, data) -> None:
     """The matrix's models as the deployment's experts (prices into the ledger's experts table)."""
-    from router.config import ExpertConfig
+    from core.config import ExpertConfig
     from router.ledger.repository import sync_experts
 
     experts = []
@@ -72,12 +72,12 @@ class Traffic:
 def simulate(engine, data, rows: np.ndarray, policy, *, epsilon: float = 0.3, lam: float = 0.0, seed: int = 0,
              start: datetime | None = None, step: timedelta = timedelta(minutes=1), progress=None) -> Traffic:
     """Serve ``rows`` of ``data`` with ``policy`` (ε-greedy), write ledger rows and auto feedback."""
-    from router.config import ExplorationConfig
-    from router.exploration import Explorer
-    from router.feedback import FeedbackService
+    from core.config import ExplorationConfig
+    from core.types import RouteRequest
+    from router.learning.feedback import FeedbackService
     from router.ledger.writer import LedgerWriter
-    from router.trace import RequestTrace
-    from router.types import RouteRequest
+    from router.lifecycle.exploration import Explorer
+    from router.request.trace import RequestTrace
 
     t0 = time.perf_counter()
     explorer = Explorer(ExplorationConfig(method="epsilon", epsilon=epsilon, seed=seed)) if epsilon > 0 else None
@@ -149,7 +149,7 @@ def run(args) -> dict:
     from policies.embeddings import configure_encoders, get_encoder
     from policies.logged_eval import candidate_probs, evaluate_logged
     from policies.logged_training import fit_logged
-    from router.ledger.bandit import expert_info, load_logged
+    from router.learning.bandit import expert_info, load_logged
 
     console = Console(width=150)
     configure_encoders(cache_dir=args.cache_dir)

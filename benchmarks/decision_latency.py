@@ -44,7 +44,7 @@ def _prompts(data_dir: Path, n: int, seed: int) -> list[str]:
 
 
 def _request(prompt: str):
-    from router.types import RouteRequest
+    from core.types import RouteRequest
 
     return RouteRequest(prompt=prompt, prompt_tokens=len(prompt) // 4 + 1, max_completion_tokens=256)
 
@@ -73,10 +73,10 @@ def _batched(policy, prompts: list[str], encoder, lam: float) -> tuple[float, fl
 
 
 def run(args) -> dict:
+    from core.errors import PolicyError
     from policies import create_policy
     from policies.artifacts import load_artifact
     from policies.embeddings import configure_encoders, get_encoder
-    from router.errors import PolicyError
 
     configure_encoders(cache_dir=None)  # nothing from disk: every embedding is computed here
     pool = _prompts(args.data, (args.single + args.batch) * (len(POLICIES) + 2), args.seed)

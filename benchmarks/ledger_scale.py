@@ -2,10 +2,10 @@
 
 Seeds ``--rows`` synthetic requests (default 1,000,000, over 30 days; attempts and feedback in
 proportion, see ``benchmarks/ledger_seed.py``) into a migrated ledger, then times every query
-the dashboard makes (``router.dashboard``) — first on the schema of migration 0004 (the peer:
+the dashboard makes (``router.dashboard.queries``) — first on the schema of migration 0004 (the peer:
 the same figures read from the raw rows, without the dashboard's indexes), then after
 migrations 0005 (indexes) and 0006 (rollups, backfilled from the seeded rows) — and the build
-of a training set from the ledger (``router.ledger.bandit.load_logged``). PostgreSQL runs on a
+of a training set from the ledger (``router.learning.bandit.load_logged``). PostgreSQL runs on a
 throw-away cluster (``tests/support/postgres.py``). Prints a table with p50/p95 per query and
 the ratio of the 0004 schema's p95 to the head schema's.
 
@@ -32,7 +32,8 @@ from sqlalchemy import text
 
 from benchmarks.ledger_seed import EXPERTS, seed
 from benchmarks.output import write_json, write_text
-from router.dashboard import DashboardQueries, LedgerFilter, Window, encode_cursor
+from router.dashboard.queries import DashboardQueries
+from router.dashboard.windows import LedgerFilter, Window, encode_cursor
 from router.ledger import migrate
 from router.ledger.db import make_engine
 
@@ -90,7 +91,7 @@ def analyze(engine) -> None:
 
 
 def training_set(engine, end: datetime) -> dict[str, float]:
-    from router.ledger.bandit import load_logged
+    from router.learning.bandit import load_logged
 
     out = {}
     for label, since in (("all 30 d", None), ("last 7 d", end - timedelta(days=7))):

@@ -94,7 +94,7 @@ def run_mode(aware: bool, duration: float, saturators: int, probes: int) -> dict
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-        subprocess.run([sys.executable, "-m", "router", "experts", "down"], capture_output=True,
+        subprocess.run([sys.executable, "-m", "cli", "experts", "down"], capture_output=True,
                        env={**os.environ, "EXPERTMUX_CONFIG": str(config), "EXPERTMUX_DATA_DIR": str(data_dir)})
     with sqlite3.connect(data_dir / "expertmux.db") as db:
         rows = db.execute("select count(*) from requests").fetchone()[0]

@@ -65,9 +65,11 @@ def free_port() -> int:
 
 def start_proxy(data_dir: Path, port: int, config: Path, *, grace_s: float = 60) -> subprocess.Popen:
     env = {**os.environ, "EXPERTMUX_CONFIG": str(config), "EXPERTMUX_DATA_DIR": str(data_dir), "EXPERTMUX_PORT": str(port),
-           "EXPERTMUX_SUPERVISE_INTERVAL_S": "1", "EXPERTMUX_LOG_LEVEL": "warning", "EXPERTMUX_SHUTDOWN_GRACE_S": str(grace_s)}
+           "EXPERTMUX_SUPERVISE_INTERVAL_S": "1", "EXPERTMUX_LOG_LEVEL": "warning",
+           # the shipped config calibrates its experts in the background: not part of this measurement
+           "EXPERTMUX_AUTOLEARN": "false", "EXPERTMUX_SHUTDOWN_GRACE_S": str(grace_s)}
     log = (data_dir / "proxy.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "router", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -136,6 +138,20 @@ async def run_load(url: str, report: LoadReport, *, kill=None, sigterm=None, see
         report.p95_latency_s = round(latencies[int(len(latencies) * 0.95)], 3)
 
 
+def wait_until_up(url: str, expert: str, timeout_s: float) -> bool:
+    """True once the proxy reports ``expert`` answering again. A llama.cpp server answers its
+    health route only between generations, so one busy moment is not a verdict: poll."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz/details", timeout=10).json()["experts"][expert]["up"]:
+                return True
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    return False
+
+
 def ledger_rows(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "expertmux.db") as db:
         return db.execute("select count(*) from requests").fetchone()[0]
@@ -162,14 +178,13 @@ def run(clients: int, duration: float, kill_at: float | None, sigterm_at: float 
         asyncio.run(run_load(url, report, kill=(kill_at, kill_expert) if kill_at is not None else (None, None),
                              sigterm=(sigterm_at, terminate_proxy) if sigterm_at is not None else (None, None)))
         if report.killed_expert and proc.poll() is None:
-            health = httpx.get(f"{url}/healthz", timeout=5).json()
-            report.restarted = bool(health["experts"][victim]["up"])
+            report.restarted = wait_until_up(url, victim, timeout_s=90)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(120)
         # the proxy stops its own experts on a graceful exit; make sure nothing lingers
-        subprocess.run([sys.executable, "-m", "router", "experts", "down"], capture_output=True,
+        subprocess.run([sys.executable, "-m", "cli", "experts", "down"], capture_output=True,
                        env={**os.environ, "EXPERTMUX_CONFIG": str(config), "EXPERTMUX_DATA_DIR": str(data_dir)})
     report.ledger_rows = ledger_rows(data_dir)
     report.ledger_rows_for_reached = report.reached

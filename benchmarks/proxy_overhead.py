@@ -124,7 +124,7 @@ def measure_throughput(gen: LoadGen, targets: list[Target], args: argparse.Names
             for t in _rotated(targets, r):
                 quiesce(t.service)
                 cpu0 = t.service.cpu_seconds() if t.service else 0.0
-                run = gen.run(t, False, c, seconds)
+                run = gen.run(t, False, c, seconds, histogram=True)
                 run["drain_s"] = round(quiesce(t.service), 2)
                 run["cpu_s"] = (t.service.cpu_seconds() - cpu0) if t.service else 0.0
                 runs.setdefault((t.key, c), []).append(run)
@@ -137,12 +137,16 @@ def measure_throughput(gen: LoadGen, targets: list[Target], args: argparse.Names
             errors = sum(sum(run["errors"].values()) for run in rs)
             attempts = requests + sum(run["errors"]["connect"] + run["errors"]["timeout"] for run in rs)
             served = requests + c * len(rs)
+            hist = merge_hists(rs)  # the tail over every round of the level, not a median of runs
             levels.append({
                 "concurrency": c, "requests": requests, "duration_s": round(duration, 3),
                 "rps": requests / duration if duration else 0.0,
                 "error_rate": errors / attempts if attempts else 1.0,
                 "per_run_rps": [round(run["rps"], 1) for run in rs],
                 "p50_ms_median_run": sorted(run["p50_ms"] for run in rs)[len(rs) // 2],
+                "p50_ms": percentile(hist, 50) / 1000 if hist else None,
+                "p99_ms": percentile(hist, 99) / 1000 if hist else None,
+                "errors": {k: sum(run["errors"][k] for run in rs) for k in rs[0]["errors"]},
                 "cpu_ms_per_request": 1000 * sum(run["cpu_s"] for run in rs) / served if requests else None,
             })
         ok = [lv for lv in levels if lv["error_rate"] < MAX_ERROR_RATE and lv["requests"] > 0]

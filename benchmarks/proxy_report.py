@@ -118,7 +118,29 @@ def report_tables(doc: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     cpu.append(_fmt(ratio(cpu_of.get("expertmux"), cpu_of.get("litellm"))))
     rows += [best, cpu]
     tables.append((f"Throughput, non-streaming, closed loop, {doc['settings']['duration_s']:g} s per level", header, rows))
+    tables.append(_tail_table(doc, live))
     return tables
+
+
+def _tail_table(doc: dict, live: list) -> tuple[str, list[str], list[list[str]]]:
+    """Per level and proxy: latency p50 / p99 over all its rounds, p99 ÷ p50, and failed requests by kind."""
+    header = ["concurrency", *(t["label"] for key, t in live if key != "direct")]
+    rows = []
+    for i, c in enumerate(doc["settings"]["concurrency"]):
+        row = [str(c)]
+        for key, t in live:
+            if key == "direct":
+                continue
+            levels = t.get("throughput", {}).get("levels", [])
+            lv = levels[i] if i < len(levels) else None
+            if lv is None or lv.get("p99_ms") is None:
+                row.append("–")
+                continue
+            failed = {k: v for k, v in (lv.get("errors") or {}).items() if v}
+            row.append(f"{lv['p50_ms']:.0f} / {lv['p99_ms']:.0f} ms (×{lv['p99_ms'] / max(lv['p50_ms'], 1e-9):.1f}); "
+                       + (", ".join(f"{v} {k}" for k, v in failed.items()) or "0 failed"))
+        rows.append(row)
+    return "Latency under load: p50 / p99 (p99 ÷ p50) and failed requests", header, rows
 
 
 def report_notes(doc: dict) -> list[str]:

@@ -16,9 +16,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 from experts import openai_http
 from experts.registry import Expert
-from router.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 
 _litellm = None
 
@@ -75,19 +75,21 @@ def _call_args(expert: Expert, payload: dict[str, Any], stream: bool) -> dict[st
 
 
 def map_error(expert: Expert, exc: Exception) -> Exception:
-    """Translate litellm/httpx failures into the expertmux error tree."""
+    """Translate litellm/httpx failures into the expertmux error tree. litellm's messages carry
+    the provider's URL and response: they go to ``detail`` (log and ledger), not to the client."""
     lib = _lib()
     name = expert.name
+    detail = f"{openai_http.where(expert)}: {_short(exc)}"
     if isinstance(exc, lib.Timeout):
-        return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name)
+        return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name, detail=detail)
     if isinstance(exc, lib.RateLimitError):
-        return ExpertRateLimitedError(f"expert {name!r} is rate limited: {_short(exc)}", expert=name)
+        return ExpertRateLimitedError(f"expert {name!r} is rate limited", expert=name, detail=detail)
     if isinstance(exc, lib.APIConnectionError) or "Connection error" in str(exc):
-        where = expert.backend.api_base or expert.config.model
-        return ExpertError(f"expert {name!r} is unreachable at {where} (connection refused or dropped)", expert=name)
+        return ExpertError(f"expert {name!r} is unreachable (connection refused or dropped)", expert=name, detail=detail)
     if isinstance(exc, (lib.ContextWindowExceededError, lib.BadRequestError)):
-        return InvalidRequestError(f"expert {name!r} rejected the request: {_short(exc)}")
-    return ExpertError(f"expert {name!r} failed: {_short(exc)}", expert=name)
+        return InvalidRequestError(f"expert {name!r} rejected the request: {openai_http.scrub(_short(exc), expert)}",
+                                   detail=detail)
+    return ExpertError(f"expert {name!r} failed", expert=name, detail=detail)
 
 
 def _short(exc: Exception) -> str:

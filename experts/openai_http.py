@@ -8,38 +8,85 @@ most of what the proxy added to a request; this path spends a fraction of that. 
 their own APIs (``anthropic/…``, ``bedrock/…``) still go through litellm (``experts.client``).
 
 One ``httpx.AsyncClient`` per event loop keeps connections alive across requests. Errors map to
-the same expertmux errors as the litellm path, so fallbacks and breakers behave alike.
+the same expertmux errors as the litellm path, so fallbacks and breakers behave alike. An error's
+``message`` (what the client reads) names the expert, never its address: where it runs and what
+its server said go to ``detail``, which only the log and the ledger see. Where the upstream's
+words help the client (why a request was rejected), they pass through ``scrub`` first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 import weakref
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import orjson
 
+from core.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 from experts.registry import Expert
-from router.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0)
+# httpcore looks at every connection of a pool, with a poll() syscall per idle one, each time a
+# request asks for a connection: one pool holding N connections costs O(N) per request, and at 100
+# to 500 concurrent requests that scan was a third of the event loop's time (py-spy, issue 21).
+# Requests are spread over several small pools instead, each holding at most SHARD_CONNECTIONS.
+SHARD_CONNECTIONS = 8
+_LIMITS = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS, keepalive_expiry=30.0)
 
 
-def _http() -> httpx.AsyncClient:
+_ssl_context: ssl.SSLContext | None = None
+
+
+class _Shards:
+    """The event loop's pools and the requests each is serving now."""
+
+    def __init__(self) -> None:
+        self.clients: list[httpx.AsyncClient] = []
+        self.busy: list[int] = []
+
+    def acquire(self) -> int:
+        """The least busy pool with a free connection slot (a new pool if none has one)."""
+        if self.busy:
+            i = min(range(len(self.busy)), key=self.busy.__getitem__)
+            if self.busy[i] < SHARD_CONNECTIONS:
+                self.busy[i] += 1
+                return i
+        global _ssl_context
+        if _ssl_context is None:  # loading the CA bundle takes tens of ms: once, not once per pool
+            _ssl_context = httpx.create_ssl_context()
+        self.clients.append(httpx.AsyncClient(limits=_LIMITS, timeout=None, follow_redirects=False, verify=_ssl_context))
+        self.busy.append(1)
+        return len(self.clients) - 1
+
+    def release(self, i: int) -> None:
+        self.busy[i] -= 1
+
+
+_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _lease() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with a connection slot for one upstream call."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = httpx.AsyncClient(limits=_LIMITS, timeout=None, follow_redirects=False)
-    return client
+    shards = _shards.get(loop)
+    if shards is None:
+        shards = _shards[loop] = _Shards()
+    i = shards.acquire()
+    try:
+        yield shards.clients[i]
+    finally:
+        shards.release(i)
 
 
 async def aclose() -> None:
     """Close this event loop's pooled connections (service shutdown)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
+    shards = _shards.pop(asyncio.get_running_loop(), None)
+    for client in shards.clients if shards is not None else ():
         await client.aclose()
 
 
@@ -73,31 +120,59 @@ def _upstream_message(content: bytes) -> str:
     return text if len(text) < 400 else text[:400] + "…"
 
 
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>`]+")
+_HOST_PORT = re.compile(r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\])(?::\d{1,5})?\b")
+_SECRET = re.compile(r"\b(?:sk|pk|rk|key|tok)-[A-Za-z0-9_\-]{6,}|(?i:(?<=[?&])(?:api[_-]?key|key|token|access_token|sig)=[^&\s'\"]+)")
+
+
+def scrub(text: str, expert: Expert) -> str:
+    """``text`` without any address or secret: the expert's base URL, host and key, any URL,
+    IP address or ``localhost`` with its port, and key-shaped tokens."""
+    backend = expert.backend
+    for value in (backend.api_base, backend.api_key if backend.api_key != "not-needed" else None):
+        if value:
+            text = text.replace(value, "<hidden>")
+    if backend.api_base:
+        netloc = httpx.URL(backend.api_base).netloc.decode()
+        for part in {netloc, netloc.rsplit("@", 1)[-1]}:
+            if part:
+                text = text.replace(part, "<hidden>")
+    text = _URL.sub("<address>", text)
+    text = _SECRET.sub("<secret>", text)
+    return _HOST_PORT.sub("<address>", text)
+
+
+def where(expert: Expert) -> str:
+    """The expert's address, for the operator's ``detail`` only."""
+    return expert.backend.api_base or expert.config.model
+
+
 def status_error(expert: Expert, status: int, content: bytes) -> Exception:
     """The expertmux error for an upstream's non-2xx answer."""
     name, message = expert.name, _upstream_message(content)
+    detail = f"HTTP {status} from {where(expert)}: {message}"
     if status == 429:
-        return ExpertRateLimitedError(f"expert {name!r} is rate limited: {message}", expert=name)
+        return ExpertRateLimitedError(f"expert {name!r} is rate limited", expert=name, detail=detail)
     if status in (400, 413, 422):  # the request's fault (e.g. longer than the expert's context)
-        return InvalidRequestError(f"expert {name!r} rejected the request: {message}")
-    return ExpertError(f"expert {name!r} failed with HTTP {status}: {message}", expert=name)
+        return InvalidRequestError(f"expert {name!r} rejected the request: {scrub(message, expert)}", detail=detail)
+    return ExpertError(f"expert {name!r} failed with HTTP {status}", expert=name, detail=detail)
 
 
 def transport_error(expert: Expert, exc: BaseException) -> Exception:
     name = expert.name
+    detail = f"{where(expert)}: {type(exc).__name__}: {exc}"
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name)
+        return ExpertTimeoutError(f"expert {name!r} timed out after {expert.config.timeout_s:g}s", expert=name, detail=detail)
     if isinstance(exc, httpx.TransportError):
-        where = expert.backend.api_base or expert.config.model
-        return ExpertError(f"expert {name!r} is unreachable at {where} (connection refused or dropped)", expert=name)
-    return ExpertError(f"expert {name!r} failed: {type(exc).__name__}: {exc}", expert=name)
+        return ExpertError(f"expert {name!r} is unreachable (connection refused or dropped)", expert=name, detail=detail)
+    return ExpertError(f"expert {name!r} failed", expert=name, detail=detail)
 
 
 async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
     url, body, headers, timeout = _request(expert, payload, stream=False)
     try:
-        async with asyncio.timeout(expert.config.timeout_s):  # httpx's timeouts are per read, this one is total
-            resp = await _http().post(url, content=body, headers=headers, timeout=timeout)
+        async with asyncio.timeout(expert.config.timeout_s), _lease() as http:  # httpx's timeouts are per read, this one is total
+            resp = await http.post(url, content=body, headers=headers, timeout=timeout)
     except (httpx.HTTPError, TimeoutError) as exc:
         raise transport_error(expert, exc) from exc
     if resp.status_code != 200:
@@ -105,10 +180,11 @@ async def complete(expert: Expert, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         data = orjson.loads(resp.content)
     except orjson.JSONDecodeError as exc:
-        raise ExpertError(f"expert {expert.name!r} answered with invalid JSON", expert=expert.name) from exc
+        raise ExpertError(f"expert {expert.name!r} answered with invalid JSON", expert=expert.name,
+                          detail=f"{where(expert)}: {_upstream_message(resp.content)}") from exc
     if not isinstance(data, dict) or "choices" not in data:
-        raise ExpertError(f"expert {expert.name!r} answered without 'choices': {_upstream_message(resp.content)}",
-                          expert=expert.name)
+        raise ExpertError(f"expert {expert.name!r} answered without 'choices'", expert=expert.name,
+                          detail=f"{where(expert)}: {_upstream_message(resp.content)}")
     return data
 
 
@@ -116,29 +192,31 @@ async def stream(expert: Expert, payload: dict[str, Any]) -> AsyncIterator[dict[
     """Server-sent events parsed into chunk dicts. An error before the first chunk raises (so the
     caller can fall back); an error event or a dropped connection later raises mid-stream."""
     url, body, headers, timeout = _request(expert, payload, stream=True)
-    request = _http().build_request("POST", url, content=body, headers=headers, timeout=timeout)
-    try:
-        resp = await _http().send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise transport_error(expert, exc) from exc
-    try:
-        if resp.status_code != 200:
-            raise status_error(expert, resp.status_code, await resp.aread())
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # blank separators, comments, "event:" lines
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise ExpertError(f"expert {expert.name!r} sent a malformed stream event", expert=expert.name) from exc
-            if isinstance(chunk, dict) and chunk.get("error"):
-                raise ExpertError(f"expert {expert.name!r} failed mid-stream: {_upstream_message(data.encode())}",
-                                  expert=expert.name)
-            yield chunk
-    except httpx.HTTPError as exc:
-        raise transport_error(expert, exc) from exc
-    finally:
-        await resp.aclose()
+    async with _lease() as http:  # the slot is held until the stream is closed
+        request = http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
+        try:
+            resp = await http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_error(expert, exc) from exc
+        try:
+            if resp.status_code != 200:
+                raise status_error(expert, resp.status_code, await resp.aread())
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, "event:" lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise ExpertError(f"expert {expert.name!r} sent a malformed stream event", expert=expert.name,
+                                      detail=f"{where(expert)}: {data[:400]}") from exc
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise ExpertError(f"expert {expert.name!r} failed mid-stream", expert=expert.name,
+                                      detail=f"{where(expert)}: {_upstream_message(data.encode())}")
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise transport_error(expert, exc) from exc
+        finally:
+            await resp.aclose()

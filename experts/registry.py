@@ -8,14 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config import ExpertConfig
+from core.errors import BackendError
+from core.types import ExpertInfo
 from experts.backends import make_backend
 from experts.backends.base import Backend
 from experts.breaker import CircuitBreaker
-from router.config import ExpertConfig
-from router.errors import BackendError
-from router.types import ExpertInfo
 
 log = logging.getLogger("expertmux.experts")
+
+
+# Requests a server of each backend works on at once when the config does not say (read by the
+# load-aware request path, router.request.load).
+DEFAULT_SLOTS = {"llamacpp": 1, "vllm": 64, "remote": 64}
 
 
 @dataclass(slots=True)
@@ -37,8 +42,6 @@ class Expert:
     @property
     def slots(self) -> int:
         """Requests the server works on at once (configured, else typical for the backend)."""
-        from router.load import DEFAULT_SLOTS
-
         return self.config.max_concurrency or DEFAULT_SLOTS.get(self.config.backend, 1)
 
 

@@ -10,7 +10,7 @@ from router.ledger.models import Base
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
 if not url:
-    from router.settings import Settings
+    from core.settings import Settings
 
     url = Settings().resolved_database_url
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.base import Policy
 from policies.data import RoutingData
 from policies.registry import available_policies, get_policy_class
-from router.errors import PolicyError
 
 FORMAT = "expertmux.policy-artifact"
 FORMAT_VERSION = 1

@@ -22,7 +22,8 @@ experts, with the prices ``models.json`` gives, unless ``experts`` are passed ex
 
 A fitted learned policy saves and restores its state through ``artifact_state`` /
 ``from_artifact_state`` (plain arrays and JSON, see ``policies.artifacts``), and serves live
-experts other than the matrix's models through ``for_experts`` (``policies.serving``).
+experts other than the matrix's models through ``for_experts`` (``MappedPolicy``: the config's
+``expert_map`` says which trained model each live expert stands for; the mean of their quality).
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import date
 from typing import Any, ClassVar
 
 import numpy as np
 
+from core.errors import NoCandidateError, PolicyError
+from core.types import Decision, ExpertInfo, RouteRequest
+from policies.constraints import constraint_penalties, known_latency, pareto_indices
 from policies.costs import CostModel
 from policies.data import RoutingData
-from router.errors import NoCandidateError, PolicyError
-from router.types import Decision, ExpertInfo, RouteRequest
 
 
 class Policy(ABC):
@@ -54,6 +55,8 @@ class Policy(ABC):
     requires_training: ClassVar[bool] = False
     # Evaluation-only policies (the oracle) read the outcomes of the rows they route; never served.
     uses_labels: ClassVar[bool] = False
+    # Predictions run a model over the prompt: a server calls ``warm`` off its event loop first.
+    reads_prompt: ClassVar[bool] = False
 
     # ---- scikit-learn style parameter handling -------------------------------------------------
     @classmethod
@@ -122,6 +125,11 @@ class Policy(ABC):
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         """Predicted quality, shape (n_prompts, n_experts), columns in ``experts_`` order."""
 
+    def warm(self, prompts: Sequence[str]) -> None:
+        """Compute what ``decide`` will read about these prompts, into the encoders' caches."""
+        if self.reads_prompt:
+            self.predict_quality(list(prompts))
+
     def predict_cost(self, prompt_tokens: Sequence[int], completion_tokens: Sequence[int]) -> np.ndarray:
         """Expected cost in USD from the experts' prices, shape (n, n_experts)."""
         self._check_fitted()
@@ -156,7 +164,7 @@ class Policy(ABC):
         self._check_fitted()
         quality = np.asarray(self.predict_quality([request.prompt]), dtype=float)[0]
         cost = self.predict_cost([request.prompt_tokens], [request.max_completion_tokens])[0]
-        latency = _known_latency(request, self.experts_)
+        latency = known_latency(request, self.experts_)
         penalty = constraint_penalties(request, self.experts_, latency)
         utility = quality - lam * cost - penalty
         feasible = self._feasible(request, cost, unavailable, latency)
@@ -334,66 +342,59 @@ class Policy(ABC):
     def for_experts(self, experts: Sequence[ExpertInfo], expert_map: Mapping[str, str]) -> Policy:
         """This fitted policy serving live ``experts``: ``expert_map`` maps the models it was
         trained on to expert names; experts no model maps to are not candidates."""
-        from policies.serving import MappedPolicy
-
         return MappedPolicy(self, experts, expert_map)
 
 
-# ---- user-weighted constraints (shared by every policy's decision rule) ----------------------
-def _known_latency(request: RouteRequest, experts: Sequence[ExpertInfo]) -> np.ndarray:
-    known = request.expected_latency_s or {}
-    return np.array([float(known[e.name]) if e.name in known else np.nan for e in experts], dtype=float)
+# ---- a fitted policy serving the live experts of a deployment -------------------------------
+def check_expert_map(expert_map: Mapping[str, str], models: Sequence[str], experts: Sequence[ExpertInfo],
+                     *, policy: str) -> None:
+    """Every key must be a model the policy knows and every value a live expert."""
+    if not isinstance(expert_map, Mapping) or not expert_map:
+        raise PolicyError(f"policy {policy!r}: expert_map must map at least one of the artifact's models to an expert; "
+                          f"models: {list(models)}")
+    unknown_models = sorted(m for m in expert_map if m not in models)
+    if unknown_models:
+        raise PolicyError(f"policy {policy!r}: expert_map names models the artifact was not trained on: {unknown_models}; "
+                          f"it knows {list(models)}")
+    live = {e.name for e in experts}
+    unknown_experts = sorted({x for x in expert_map.values() if x not in live})
+    if unknown_experts:
+        raise PolicyError(f"policy {policy!r}: expert_map maps to experts this deployment does not have: {unknown_experts}; "
+                          f"experts: {sorted(live)}")
 
 
-def _neutral(values: np.ndarray) -> np.ndarray:
-    """Unknown entries (NaN) take the mean of the known ones: they are neither favoured nor punished."""
-    if np.isnan(values).all():
-        return np.zeros_like(values)
-    return np.where(np.isnan(values), np.nanmean(values), values)
+class MappedPolicy(Policy):
+    """Wraps a fitted policy; columns are live experts, predictions come from the mapped models."""
 
+    requires_training = False
 
-def _years_behind_newest(experts: Sequence[ExpertInfo]) -> np.ndarray:
-    days = []
-    for e in experts:
-        try:
-            days.append(float(date.fromisoformat(str(e.release_date)).toordinal()) if e.release_date else np.nan)
-        except ValueError:
-            days.append(np.nan)
-    arr = np.array(days, dtype=float)
-    if np.isnan(arr).all():
-        return np.zeros(len(experts))
-    return _neutral((np.nanmax(arr) - arr) / 365.25)
+    def __init__(self, inner: Policy, experts: Sequence[ExpertInfo], expert_map: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.experts = experts
+        self.expert_map = expert_map
+        inner._check_fitted()
+        check_expert_map(expert_map, inner.expert_names, experts, policy=inner.name)
+        self.name = inner.name
+        self.version = inner.version
+        self.fixed_lambda = inner.fixed_lambda
+        targets = set(expert_map.values())
+        self.experts_ = [e for e in experts if e.name in targets]
+        models = inner.expert_names
+        # (n_models × n_experts) averaging matrix: expert quality = mean over its mapped models
+        weights = np.zeros((len(models), len(self.experts_)))
+        for j, expert in enumerate(self.experts_):
+            cols = [models.index(m) for m, x in expert_map.items() if x == expert.name]
+            weights[cols, j] = 1.0 / len(cols)
+        self.weights_ = weights
+        self.cost_model_ = CostModel.from_prices(self.experts_)
 
+    reads_prompt = property(lambda self: self.inner.reads_prompt)  # type: ignore[assignment]
 
-def constraint_penalties(request: RouteRequest, experts: Sequence[ExpertInfo], latency: np.ndarray) -> np.ndarray:
-    """Per-expert penalty in quality points from the request's weights (Tryage's flags).
+    def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.inner.predict_quality(prompts), dtype=float) @ self.weights_
 
-    ``size_weight`` per 10× parameters (log10 of billions), ``latency_weight`` per second of
-    expected latency, ``recency_weight`` per year an expert is older than the newest candidate
-    (ranking-equivalent to its age today, without depending on the clock). Experts with an
-    unknown size, latency or date get the mean of the known ones.
-    """
-    opts = request.options
-    penalty = np.zeros(len(experts))
-    if opts.size_weight:
-        params = np.array([e.params_b if e.params_b else np.nan for e in experts], dtype=float)
-        penalty += opts.size_weight * _neutral(np.log10(params))
-    if opts.latency_weight:
-        penalty += opts.latency_weight * _neutral(latency.copy())
-    if opts.recency_weight:
-        penalty += opts.recency_weight * _years_behind_newest(experts)
-    return penalty
+    def propensities(self, utility, feasible):
+        return self.inner.propensities(utility, feasible)
 
-
-def pareto_indices(quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray) -> list[int]:
-    """Indices of the feasible points not dominated in (higher quality, lower cost), by cost."""
-    idx = [int(i) for i in np.flatnonzero(feasible)]
-    front = []
-    for i in idx:
-        dominated = any(
-            quality[j] >= quality[i] and cost[j] <= cost[i] and (quality[j] > quality[i] or cost[j] < cost[i])
-            for j in idx if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (cost[i], -quality[i]))
+    def choose(self, utility, probs, feasible):
+        return self.inner.choose(utility, probs, feasible)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.data import RoutingData
-from router.errors import PolicyError
 
 MIN_TASK_ROWS = 5  # a task label with fewer training rows than this does not make a category
 

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.categories import CategoryModel, cross_fitted_proba, fit_categories, held_out_category_proba
 from policies.learned import EmbeddingPolicy
 from policies.progress import report
-from router.errors import PolicyError
 
 
 class ClassifierCoEPolicy(EmbeddingPolicy):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.types import ExpertInfo
+from core.types import ExpertInfo
 
 CHARS_PER_TOKEN = 4
 

@@ -8,6 +8,10 @@ pandas nor pyarrow; only ``RoutingData.load`` reads Parquet.
 
 Unknown outcomes stay NaN: a model with an unknown outcome on a query is not a candidate there.
 A set without cost columns is quality-only: every model costs 1 per query (``has_costs`` False).
+Calibration matrices also carry each model's answer text (``answer::<model>``) and token logprobs
+(``logprobs::<model>``, JSON), and may carry an LLM judge's verdicts (``judge::<model>``, in [0, 1]); they
+are kept as ``answers`` / ``logprobs`` / ``judge`` (None when absent) for
+post-hoc quality estimators, which may read them only for the models a cascade has called.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import PolicyError
-from router.types import ExpertInfo
+from core.errors import PolicyError
+from core.types import ExpertInfo
 
 SCORE_PREFIX = "score::"
 COST_PREFIX = "cost_usd::"
+ANSWER_PREFIX = "answer::"
+LOGPROBS_PREFIX = "logprobs::"
+JUDGE_PREFIX = "judge::"
 TRAIN = "train"
 
 
@@ -49,6 +56,9 @@ class RoutingData:
     model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str = "routing-matrix"
     note: str = ""
+    answers: np.ndarray | None = None  # (n, m) object: answer text per query and model, None where unknown
+    logprobs: np.ndarray | None = None  # (n, m) object: JSON [[token, logprob, ...], ...] or None
+    judge: np.ndarray | None = None  # (n, m) float: an LLM judge's verdict on each answer in [0, 1], NaN where none
 
     def __post_init__(self) -> None:
         n, m = len(self.prompts), len(self.models)
@@ -61,6 +71,13 @@ class RoutingData:
             if costs.shape != (n, m):
                 raise PolicyError(f"costs must have shape ({n}, {m}), got {costs.shape}")
             object.__setattr__(self, "costs", costs)
+        for attr in ("answers", "logprobs", "judge"):
+            value = getattr(self, attr)
+            if value is not None:
+                arr = np.asarray(value, dtype=float if attr == "judge" else object)
+                if arr.shape != (n, m):
+                    raise PolicyError(f"{attr} must have shape ({n}, {m}), got {arr.shape}")
+                object.__setattr__(self, attr, arr)
         for attr in ("qid", "task", "dataset", "split"):
             value = getattr(self, attr)
             default = np.arange(n).astype(str) if attr == "qid" else np.full(n, "" if attr != "split" else "all")
@@ -106,6 +123,15 @@ class RoutingData:
                     costs[:, j] = df[col].to_numpy(dtype=float)
         def col(c: str) -> np.ndarray | None:
             return df[c].astype(str).to_numpy(dtype=object) if c in df.columns else None
+
+        def per_model(prefix: str) -> np.ndarray | None:  # answers / logprobs, where the matrix has them
+            if not any(prefix + m in df.columns for m in models):
+                return None
+            out = np.full(scores.shape, None, dtype=object)
+            for j, m in enumerate(models):
+                if prefix + m in df.columns:
+                    out[:, j] = [v if isinstance(v, str) else None for v in df[prefix + m].tolist()]
+            return out
         return cls(
             prompts=df["prompt"].fillna("").astype(str).tolist(),
             models=models,
@@ -118,6 +144,11 @@ class RoutingData:
             model_info={m: dict((meta.get("models") or {}).get(m) or {}) for m in models},
             name=name,
             note=str(meta.get("note", "")),
+            answers=per_model(ANSWER_PREFIX),
+            logprobs=per_model(LOGPROBS_PREFIX),
+            judge=(np.column_stack([df[JUDGE_PREFIX + m].to_numpy(dtype=float) if JUDGE_PREFIX + m in df.columns
+                                    else np.full(len(df), np.nan) for m in models])
+                   if any(JUDGE_PREFIX + m in df.columns for m in models) else None),
         )
 
     # ---- shape and views ----------------------------------------------------------------------
@@ -167,6 +198,9 @@ class RoutingData:
             prompts=[self.prompts[i] for i in idx],
             scores=self.scores[idx],
             costs=None if self.costs is None else self.costs[idx],
+            answers=None if self.answers is None else self.answers[idx],
+            logprobs=None if self.logprobs is None else self.logprobs[idx],
+            judge=None if self.judge is None else self.judge[idx],
             qid=self.qid[idx],
             task=self.task[idx],
             dataset=self.dataset[idx],
@@ -187,6 +221,9 @@ class RoutingData:
             models=list(names),
             scores=self.scores[:, cols],
             costs=None if self.costs is None else self.costs[:, cols],
+            answers=None if self.answers is None else self.answers[:, cols],
+            logprobs=None if self.logprobs is None else self.logprobs[:, cols],
+            judge=None if self.judge is None else self.judge[:, cols],
             model_info={n: self.model_info.get(n, {}) for n in names},
         )
 

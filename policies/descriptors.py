@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from router.types import ExpertInfo
+from core.types import ExpertInfo
 
 DESCRIPTORS = Path(__file__).with_name("descriptors.yaml")
 

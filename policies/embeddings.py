@@ -24,13 +24,14 @@ import importlib.util
 import itertools
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from router.errors import PolicyError
+from core.errors import PolicyError
 
 ProgressFn = Callable[[int], None]  # called with the number of texts just encoded
 
@@ -131,6 +132,9 @@ class Encoder:
         self.backend = backend
         self.cache_dir = Path(cache_dir) / backend.id if cache_dir is not None else None
         self._memory: dict[bytes, np.ndarray] = {}
+        # A server warms the cache from a worker thread while decisions read it on the event loop
+        # (and shadow decisions in other threads): inserts, trims and reads of the dict hold this.
+        self._lock = threading.RLock()
         self._loaded = False
         self.encoded_texts = 0  # texts the backend actually encoded (cache misses), for reports/tests
 
@@ -139,8 +143,11 @@ class Encoder:
         return int(self.backend.dim)
 
     def _load_disk(self) -> None:
-        if self._loaded:
-            return
+        with self._lock:
+            if not self._loaded:
+                self._read_shards()
+
+    def _read_shards(self) -> None:
         self._loaded = True
         if self.cache_dir is None or not self.cache_dir.is_dir():
             return
@@ -177,13 +184,14 @@ class Encoder:
         vecs: list[np.ndarray] = []
         for start in range(0, len(todo), self.chunk):
             batch = todo[start : start + self.chunk]
-            out = np.asarray(self.backend.encode(batch), dtype=np.float32)
-            self.encoded_texts += len(batch)
-            for t, v in zip(batch, out):
-                k = text_key(t)
-                self._memory[k] = v
-                keys.append(k)
-                vecs.append(v)
+            out = np.asarray(self.backend.encode(batch), dtype=np.float32)  # the slow part: no lock held
+            with self._lock:
+                self.encoded_texts += len(batch)
+                for t, v in zip(batch, out):
+                    k = text_key(t)
+                    self._memory[k] = v
+                    keys.append(k)
+                    vecs.append(v)
             if progress is not None:
                 progress(len(batch))
             if len(keys) >= self.shard_size:  # an interrupted run keeps what it encoded
@@ -205,24 +213,32 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         """Vectors for ``texts`` (n × dim), encoding and persisting only cache misses."""
-        self.warm(texts, progress=progress, trim=False)
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = np.stack([self._memory[text_key(t)] for t in texts])
-        self._trim()
-        return out
+        keys = [text_key(t) for t in texts]
+        for _ in range(3):  # another thread's trim may evict a vector between warm and read: warm again
+            self.warm(texts, progress=progress, trim=False)
+            with self._lock:
+                vecs = [self._memory.get(k) for k in keys]
+                if all(v is not None for v in vecs):
+                    out = np.stack(vecs)
+                    self._trim()
+                    return out
+        return np.asarray(self.backend.encode(list(texts)), dtype=np.float32)  # a cache too small to hold them
 
     def forget(self) -> None:
         """Drop the in-memory vectors (the disk cache stays); e.g. to time encoding again."""
-        self._memory.clear()
-        self._loaded = self.cache_dir is None
+        with self._lock:
+            self._memory.clear()
+            self._loaded = self.cache_dir is None
 
     def _trim(self) -> None:
         """Bound the memory cache (a long-running service sees endless new prompts)."""
-        excess = len(self._memory) - self.max_memory
-        if excess > 0:
-            for key in list(itertools.islice(self._memory, excess)):
-                del self._memory[key]
+        with self._lock:
+            excess = len(self._memory) - self.max_memory
+            if excess > 0:
+                for key in list(itertools.islice(self._memory, excess)):
+                    del self._memory[key]
 
 
 _ENCODERS: dict[str, Encoder] = {}

@@ -43,6 +43,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from core.errors import PolicyError
+from core.types import ExpertInfo
+from policies.base import MappedPolicy, check_expert_map
 from policies.categories import CategoryModel, cross_fitted_proba, fit_categories
 from policies.descriptors import model_descriptor, task_description
 from policies.embeddings import get_encoder
@@ -51,9 +54,6 @@ from policies.graphrouter_net import E_LQ, E_TQ, L, Q, T, build_net, compile_que
 from policies.learned import EmbeddingPolicy
 from policies.neural import holdout_split, load_net_state, net_state, single_thread
 from policies.progress import report
-from policies.serving import MappedPolicy, check_expert_map
-from router.errors import PolicyError
-from router.types import ExpertInfo
 
 
 class GraphRouterPolicy(EmbeddingPolicy):

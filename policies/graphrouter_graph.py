@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.types import ExpertInfo
 from policies.graphrouter_net import E_LQ, E_LT, E_QL, E_QT, E_TL, E_TQ, L, Q, T
-from router.types import ExpertInfo
 
 
 def llm_numeric(experts: Sequence[ExpertInfo]) -> np.ndarray:

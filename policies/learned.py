@@ -20,6 +20,7 @@ class EmbeddingPolicy(Policy):
     """A policy whose only input is the embedding of the prompt."""
 
     requires_training = True
+    reads_prompt = True
     encoder: str = "minilm"
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
@@ -33,7 +34,7 @@ class EmbeddingPolicy(Policy):
         """
         known = ~np.isnan(train.scores)
         if not known.any():
-            from router.errors import PolicyError
+            from core.errors import PolicyError
 
             raise PolicyError(f"policy {self.name!r}: the training matrix has no known outcome")
         lo, hi = float(np.nanmin(train.scores)), float(np.nanmax(train.scores))

@@ -1,6 +1,6 @@
 """Logged bandit feedback as plain arrays, and training sets built from it.
 
-``LoggedData`` is what ``router.ledger.bandit.load_logged`` reads from the ledger: one entry per
+``LoggedData`` is what ``router.learning.bandit.load_logged`` reads from the ledger: one entry per
 answered request with feedback — the prompt, the expert that answered (``action``), the mean
 feedback score (``reward``), the cost, and the probability with which the serving policy chose
 that expert (``propensity``). Only the chosen expert's outcome is known for each request.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.data import RoutingData
-from router.errors import PolicyError
 
 TARGETS = ("ipw", "dr", "observed")
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.base import Policy
 from policies.logged import LoggedData
 from policies.offpolicy import Estimate, evaluate_policy, mean_reward_model, unsupported_mass
-from router.errors import PolicyError
 
 
 def candidate_probs(policy: Policy, logged: LoggedData, *, lam: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

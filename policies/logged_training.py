@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.artifacts import read_manifest, save_artifact
 from policies.embeddings import get_encoder
 from policies.logged import LoggedData, cross_fitted_quality, training_data
 from policies.progress import ProgressCallback, reporting
 from policies.registry import create_policy, get_policy_class
 from policies.training import TrainResult, learned_summary
-from router.errors import PolicyError
 
 
 def _warm(policy, prompts: list[str], progress: ProgressCallback | None) -> None:

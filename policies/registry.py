@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from router.errors import PolicyError
+from core.errors import PolicyError
 
 # name -> "module:Class". Add a policy by adding a line; the module is imported on first use.
 _POLICIES: dict[str, str] = {
@@ -23,6 +23,12 @@ _POLICIES: dict[str, str] = {
     "coe_cluster": "policies.coe:ClusterCoEPolicy",
     "tryage": "policies.tryage:TryagePolicy",
     "graphrouter": "policies.graphrouter:GraphRouterPolicy",
+    "cascade": "policies.cascade:CascadePolicy",
+    "cascade_route": "policies.cascade:CascadeRoutePolicy",
+    "cascade_threshold": "policies.cascade:CascadeThresholdPolicy",
+    "probe": "policies.probe:ProbePolicy",
+    "irt": "policies.irt:IRTPolicy",
+    "rank": "policies.rank:RankPolicy",
 }
 
 # What `expertmux eval` runs when no --policies are given (the baselines every comparison has).

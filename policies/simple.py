@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.base import Policy
-from router.errors import PolicyError
 
 
 class FixedPolicy(Policy):

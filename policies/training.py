@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.artifacts import save_artifact
 from policies.data import TRAIN, RoutingData
 from policies.embeddings import get_encoder
 from policies.progress import ProgressCallback, reporting
 from policies.registry import create_policy, get_policy_class
-from router.errors import PolicyError
 
 
 @dataclass(frozen=True)

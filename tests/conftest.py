@@ -11,7 +11,7 @@ import yaml
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from router.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.support import fake_openai  # noqa: E402
 from tests.support.servers import serve_in_thread  # noqa: E402
 

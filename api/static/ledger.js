@@ -19,10 +19,10 @@
   async function loadPage() {
     const page = await EM.api("/requests?" + query(state.cursors[state.page]));
     EM.table($("lg-table"), [
-      ["time", (r) => EM.when(r.created_at)], ["status", (r) => r.status], ["expert", (r) => r.expert || "–"],
-      ["policy", (r) => r.policy || "–"], ["key", (r) => r.api_key_id || "–"],
+      ["time", (r) => EM.when(r.created_at)], ["status", (r) => r.status], ["expert", (r) => r.expert || "–", "name", { width: "25%" }],
+      ["policy", (r) => r.policy || "–", "name", { width: "10%" }], ["key", (r) => r.api_key_id || "–", "name", { width: "8%" }],
       ["latency", (r) => EM.ms(r.latency_ms), "num"], ["cost", (r) => EM.usd(r.cost_usd, 6), "num"],
-      ["tokens", (r) => `${r.prompt_tokens}+${r.completion_tokens}`, "num"], ["prompt", (r) => r.prompt || ""],
+      ["tokens", (r) => `${r.prompt_tokens}+${r.completion_tokens}`, "num"], ["prompt", (r) => r.prompt || "", "name", { width: "40%" }],
     ], page.data, { onClick: (r) => EM.run(() => detail(r.id)) });
     $("lg-table").querySelectorAll("tbody tr").forEach((tr, i) => { if (page.data[i]) tr.dataset.id = page.data[i].id; });
     state.cursors[state.page + 1] = page.next_cursor;
@@ -57,20 +57,20 @@
     candidates.id = "lg-candidates";
     candidates.className = "data";
     EM.table(candidates, [
-      ["candidate", (c) => c.expert + (c.chosen ? " (chosen)" : "")], ["score (utility)", (c) => EM.num(c.score, 4), "num"],
+      ["candidate", (c) => c.expert + (c.chosen ? " (chosen)" : ""), "name"], ["score (utility)", (c) => EM.num(c.score, 4), "num"],
       ["propensity", (c) => EM.num(c.propensity, 4), "num"],
     ], r.candidates, { rowClass: (c) => (c.chosen ? "chosen" : "") });
     const attempts = document.createElement("table");
     attempts.id = "lg-attempts";
     attempts.className = "data";
     EM.table(attempts, [
-      ["#", (a) => String(a.attempt_no)], ["expert", (a) => a.expert], ["status", (a) => a.status + (a.error ? ": " + a.error : "")],
+      ["#", (a) => String(a.attempt_no)], ["expert", (a) => a.expert, "name"], ["status", (a) => a.status + (a.error ? ": " + a.error : ""), "wrap"],
       ["ttft", (a) => EM.ms(a.ttft_ms), "num"], ["latency", (a) => EM.ms(a.latency_ms), "num"],
       ["tokens", (a) => `${a.prompt_tokens}+${a.completion_tokens}`, "num"], ["cost", (a) => EM.usd(a.cost_usd, 6), "num"],
     ], r.attempts);
     const feedback = document.createElement("table");
     feedback.className = "data";
-    EM.table(feedback, [["score", (f) => EM.num(f.score, 2), "num"], ["source", (f) => f.source], ["comment", (f) => f.comment || ""],
+    EM.table(feedback, [["score", (f) => EM.num(f.score, 2), "num"], ["source", (f) => f.source], ["comment", (f) => f.comment || "", "wrap"],
       ["when", (f) => EM.when(f.created_at)]], r.feedback);
     const prompt = document.createElement("pre");
     prompt.textContent = r.prompt_text || (r.prompt_hash ? `(prompt stored as hash ${r.prompt_hash})` : "(prompt not stored)");

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from core.config import ExpertConfig
+from core.errors import ConfigError
 from experts.backends.base import Backend
-from router.config import ExpertConfig
-from router.errors import ConfigError
 
 
 def make_backend(config: ExpertConfig, *, data_dir, api_key: str | None = None) -> Backend:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
-from router.config import ExpertConfig
-
-
-@dataclass(slots=True)
-class LoadSnapshot:
-    """Live load of one expert server (what the load-aware router reads)."""
-
-    running: float = 0.0
-    waiting: float = 0.0
-    kv_cache_usage: float | None = None
+from core.config import ExpertConfig
+from core.contracts import LoadSnapshot
 
 
 class Backend(ABC):
-    """One expert's server. Local backends own a subprocess; remote ones only point at a URL."""
+    """One expert's server (implements ``core.contracts.ExpertServer``). Local backends own a
+    subprocess; remote ones only point at a URL."""
 
     #: litellm provider prefix for calls to this backend
     litellm_provider: str = "openai"

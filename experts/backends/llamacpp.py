@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from core.model_files import resolve_gguf
 from experts.backends.process import ProcessBackend
-from experts.model_files import resolve_gguf
 
 
 class LlamaCppBackend(ProcessBackend):
@@ -34,6 +34,9 @@ class LlamaCppBackend(ProcessBackend):
             "--port", str(port),
             "--n_threads", str(opts.n_threads),  # llama.cpp defaults to 1 thread here
             "--n_ctx", str(opts.n_ctx),
+            # llama_cpp.server ends a running stream early (a bare [DONE]) whenever another request
+            # waits for the model; concurrent clients must queue instead
+            "--interrupt_requests", "False",
         ]
         if opts.chat_format:
             cmd += ["--chat_format", opts.chat_format]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from core.config import ExpertConfig
+from core.errors import BackendError
 from experts.backends.base import Backend
-from router.config import ExpertConfig
-from router.errors import BackendError
 
 
 def free_port() -> int:

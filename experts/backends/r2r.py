@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
+from core.errors import BackendError, ConfigError
+from core.model_files import GEMMA3, SMOLLM2, resolve_gguf
 from experts.backends.process import ProcessBackend
-from experts.model_files import GEMMA3, SMOLLM2, resolve_gguf
 from experts.r2r import DEFAULT_ROUTER_DIR
 from experts.r2r.prompts import FORMATS, default_format
-from router.errors import BackendError, ConfigError
 
 API_KEY_ENV = "EXPERTMUX_R2R_API_KEY"  # remote mode: handed to the server process, never on its command line
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from core.config import ExpertConfig
 from experts.backends.base import Backend
-from router.config import ExpertConfig
 
 
 class RemoteBackend(Backend):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from experts.backends.base import LoadSnapshot
+from core.contracts import LoadSnapshot
+from core.errors import ConfigError
 from experts.backends.process import ProcessBackend
-from router.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = PROJECT_ROOT / ".venv-vllm"

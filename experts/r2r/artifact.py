@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import ConfigError
+from core.errors import ConfigError
 
 POLICY = "r2r-router"
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, PromptTooLongError
 from experts.r2r.features import TOP_K, Proposal, top_logprobs_from_logits
 from experts.r2r.lm import ContextFullError, TokenLM
 from experts.r2r.prompts import render
 from experts.r2r.routers import Router
 from experts.r2r.track import Track, TrackStats
-from router.errors import ConfigError, PromptTooLongError
 
 SLM, LLM = "slm", "llm"
 

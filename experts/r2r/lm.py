@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.errors import ConfigError
+from core.errors import ConfigError
 
 
 class TokenLM(ABC):

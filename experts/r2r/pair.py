@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experts.model_files import resolve_gguf
+from core.model_files import resolve_gguf
 from experts.r2r.engine import R2REngine
 from experts.r2r.prompts import default_format
 

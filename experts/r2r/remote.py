@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from core.errors import ConfigError, ExpertError
 from experts.r2r.engine import LLM, SLM, GenerationStats, Step
 from experts.r2r.features import TOP_K, Proposal
 from experts.r2r.prompts import render
 from experts.r2r.routers import Router
-from router.errors import ConfigError, ExpertError
 
 
 class RemotePair:

@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from core.errors import ExpertmuxError, InvalidRequestError
 from experts.r2r.service import R2RService
 from experts.r2r.usage import split
-from router.errors import ExpertmuxError, InvalidRequestError
 
 
 def _error(status: int, message: str, error_type: str = "invalid_request_error", code: str | None = None) -> JSONResponse:

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PolicyError
+from core.types import RouteRequest
 from policies.data import RoutingData
 from policies.evaluation import metrics as M
 from policies.registry import create_policy, get_policy_class
-from router.errors import PolicyError
-from router.types import RouteRequest
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +35,7 @@ class Hooks:
     embed_advance: Callable[[int], None] | None = None
     fit_start: Callable[[int], None] | None = None  # total (policy, fold) fits
     fit_advance: Callable[[str], None] | None = None  # called with the policy name after each fit
+    run_done: Callable[[str, Any, RoutingData], None] | None = None  # (name, per-row run, eval rows): bootstrap etc.
 
 
 @dataclass
@@ -113,6 +114,7 @@ class _Run:
     single_ms: float | None
     info: dict[str, Any]
     labels: bool = False  # an evaluation-only policy that read the outcomes (no decision timing)
+    spent: np.ndarray | None = None  # cascades: the cost of every call they made, per λ and row
 
 
 def _make_policy(name: str, cfg: EvalConfig):
@@ -141,6 +143,7 @@ def _run_policy(name: str, data: RoutingData, folds, lambdas: np.ndarray, pair: 
     n_eval = sum(len(te) for _, te in folds)
     choices = np.empty((len(lambdas), n_eval), dtype=np.int64)
     advantage = np.zeros(n_eval) if pair is not None else None
+    spent = None
     fit_s = decision_s = 0.0
     single: list[float] = []
     info: dict[str, Any] = {}
@@ -156,6 +159,14 @@ def _run_policy(name: str, data: RoutingData, folds, lambdas: np.ndarray, pair: 
         ev = data.subset(te)
         sl = slice(offset, offset + len(te))
         offset += len(te)
+        if hasattr(policy, "cascade_many"):  # a cascade reads answers: scored by the one it returns, paying every call
+            t0 = time.perf_counter()
+            out = policy.cascade_many(ev, lambdas)
+            decision_s += time.perf_counter() - t0
+            spent = np.zeros(choices.shape) if spent is None else spent
+            choices[:, sl], spent[:, sl] = out["choices"], out["spent"]
+            info = {**_learned_info(policy), **out.get("info", {})}
+            continue
         if policy.uses_labels:
             choices[:, sl] = policy.decide_labeled(ev.scores, ev.cost_matrix(), lambdas)
             if pair is not None:
@@ -174,7 +185,7 @@ def _run_policy(name: str, data: RoutingData, folds, lambdas: np.ndarray, pair: 
             single = _time_single(policy, prompts[: cfg.single_decisions])
         info = _learned_info(policy)
     single_ms = float(np.median(single)) if single else None
-    return _Run(choices, advantage, fit_s, decision_s, single_ms, info, labels=bool(policy.uses_labels))
+    return _Run(choices, advantage, fit_s, decision_s, single_ms, info, labels=bool(policy.uses_labels), spent=spent)
 
 
 def _time_single(policy, prompts: Sequence[str]) -> list[float]:
@@ -189,9 +200,11 @@ def _time_single(policy, prompts: Sequence[str]) -> list[float]:
 
 
 # ---- the whole evaluation ------------------------------------------------------------------------
-def _operating_points(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _operating_points(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                      spent: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     rows = np.arange(scores.shape[0])[None, :]
-    return costs[rows, choices].mean(axis=1), scores[rows, choices].mean(axis=1)
+    cost = costs[rows, choices] if spent is None else spent  # a cascade pays for every call it made
+    return cost.mean(axis=1), scores[rows, choices].mean(axis=1)
 
 
 def _per_task(tasks: np.ndarray, realized: np.ndarray) -> dict[str, float]:
@@ -270,7 +283,9 @@ def evaluate(data: RoutingData, policies: Sequence[str], cfg: EvalConfig | None 
     best_j = ev.models.index(ref["best_single"]["model"])
     for name in policies:
         run = _run_policy(name, data, folds, lambdas, pair, cfg, hooks)
-        pc, pq = _operating_points(run.choices, scores, costs)
+        if hooks.run_done:
+            hooks.run_done(name, run, ev)
+        pc, pq = _operating_points(run.choices, scores, costs, run.spent)
         hx, hy = M.nondecreasing_hull(pc, pq)
         qabc = M.quality_at_best_cost(pc, pq, c_best)
         res: dict[str, Any] = {
@@ -342,8 +357,12 @@ def evaluate_fitted(policy, train: RoutingData, ev: RoutingData, cfg: EvalConfig
     lambdas = lambda_grid(train, cfg)
     ref = references(ev)
     scores, costs = ev.scores, ev.cost_matrix()
-    choices = policy.decide_many(ev.prompts, lambdas, candidates=ev.known)
-    pc, pq = _operating_points(choices, scores, costs)
+    if hasattr(policy, "cascade_many"):  # a cascade: the answer it returns, every call it made paid
+        out = policy.cascade_many(ev, lambdas)
+        pc, pq = _operating_points(out["choices"], scores, costs, out["spent"])
+    else:
+        choices = policy.decide_many(ev.prompts, lambdas, candidates=ev.known)
+        pc, pq = _operating_points(choices, scores, costs)
     c_best, q_best = ref["best_single"]["cost"], ref["best_single"]["quality"]
     qabc = M.quality_at_best_cost(pc, pq, c_best)
     return {

@@ -6,7 +6,7 @@ answers, trained with RL on a format + outcome + cost reward.
 - ``agent``: the multi-round loop over injected ``generate`` / ``call_expert`` callables;
 - ``reward``: the reward formula.
 
-Nothing here imports torch or transformers; serving lives in ``router/agent_service.py``.
+Nothing here imports torch or transformers; serving lives in ``router/request/agent.py``.
 """
 
 from policies.router_r1.agent import AgentConfig, AgentResult, ExpertCall, ExpertReply, Generation, RouterR1Agent, Step

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import PolicyError
 from policies.data import TRAIN, RoutingData
 from policies.descriptors import model_descriptor
 from policies.router_r1.agent import AgentResult, ExpertReply
 from policies.router_r1.prompt import Candidate
 from policies.router_r1.reward import Reward, router_reward
-from router.errors import PolicyError
 
 INFORMATION = "{name} replied. Answer with its name to adopt its reply, or ask another expert."
 

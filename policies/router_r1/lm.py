@@ -8,7 +8,7 @@ glue, the ``<think>`` prefill). ``TokenRollout`` plugs into ``RouterR1Agent`` as
 tokens to the running sequence and samples the next step from there.
 
 Default model: SmolLM2-135M-Instruct in HF format (``var/models/smollm2-135m-instruct-hf``,
-converted from the packaged GGUF by ``experts/convert_gguf.py``, the Makefile's ``vllm-env``).
+converted from the packaged GGUF by ``core/convert_gguf.py``, the Makefile's ``vllm-env``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experts.model_files import resolve_gguf
+from core.model_files import resolve_gguf
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PREFILL = "<think>"  # opens every router step, as R1-style templates do: the model continues its thoughts
@@ -32,7 +32,7 @@ def ensure_hf_model(model: str | Path, *, data_dir: Path) -> Path:
     target = data_dir / "models" / f"{name}-hf"
     if (target / "config.json").exists():
         return target
-    from experts.convert_gguf import convert
+    from core.convert_gguf import convert
 
     return convert(resolve_gguf(str(model), data_dir=data_dir), target, dtype="float32")
 

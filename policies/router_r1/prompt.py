@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core.types import ExpertInfo
 from policies.router_r1.protocol import information_block
-from router.types import ExpertInfo
 
 DESCRIPTION_CHARS = 160  # per candidate: the descriptors share a small context
 INFORMATION_CHARS = 600  # an expert's reply as the router sees it

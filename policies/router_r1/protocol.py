@@ -37,7 +37,7 @@ ACTION_TAGS = (SEARCH, ANSWER)
 STOP_SEQUENCES: tuple[str, ...] = ("</search>", "</answer>")
 
 _TAG = re.compile(r"<\s*(/?)\s*(think|search|information|answer)\s*>", re.IGNORECASE)
-# Expert names as the config allows them (router/config.py ExpertConfig.name): no whitespace.
+# Expert names as the config allows them (core/config.py ExpertConfig.name): no whitespace.
 _EXPERT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]*")
 _SNIPPET = 40
 

@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.errors import PolicyError
 from policies.artifacts import new_version, sha256_file, versions
 from policies.router_r1.agent import AgentConfig, AgentResult, RouterR1Agent
 from policies.router_r1.lm import TokenRollout, demonstration
-from router.errors import PolicyError
 
 POLICY = "router-r1"
 FORMAT = "expertmux.router-r1-adapter"

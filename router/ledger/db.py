@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -27,3 +28,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_file_identity(engine: Engine) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite engine's database file; None if it has no file or the file is
+    gone. Connections opened before the file was deleted keep writing into the deleted inode, so a
+    changed identity means rows would vanish: the writer reconnects and recreates the schema."""
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return None
+    try:
+        st = os.stat(engine.url.database)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

@@ -42,9 +42,11 @@ class RequestRow(Base):
     n_attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Backend-specific usage beyond prompt/completion tokens (e.g. R2R's small/large token split).
     usage_details: Mapped[dict[str, Any] | None]
+    session_id: Mapped[str | None] = mapped_column(String(64))  # the conversation it belongs to (router/sessions; 0008)
 
     __table_args__ = (
         Index("ix_requests_created_at", "created_at"),
+        Index("ix_requests_session_created", "session_id", "created_at"),
         Index("ix_requests_expert_created", "expert", "created_at"),
         Index("ix_requests_api_key", "api_key_id"),
         # Dashboard (migration 0005): keyset pagination of the ledger browser, one index per filter
@@ -191,13 +193,15 @@ class PolicyEventRow(Base):
 
 
 class ApiKeyRow(Base):
-    """An API key: only its sha256 is stored; limits and budgets travel with it."""
+    """An API key: only its keyed hash is stored (router/access/keys.py); limits and budgets travel with it."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # "hmac-sha256:<secret fingerprint>", or "sha256" for a key stored before keyed hashes (re-hashed on first use)
+    hash_scheme: Mapped[str] = mapped_column(String(32), default="sha256", server_default="sha256")
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to recognise a key
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
@@ -222,3 +226,52 @@ class KeyUsageRow(Base):
     reserved_tokens: Mapped[int] = mapped_column(Integer, default=0)
     spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
     reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SessionRow(Base):
+    """The routing state of one conversation or agent loop (``router.sessions``, migration 0008),
+    shared by replicas; the request path reads it through a cache and writes it after each answer."""
+
+    __tablename__ = "routing_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # api key id (or '-') and the session id, hashed
+    updated_at: Mapped[datetime]
+    expert: Mapped[str | None] = mapped_column(String(256))
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    switches: Mapped[int] = mapped_column(Integer, default=0)
+    escalations: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    prefix_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    floor_expert: Mapped[str | None] = mapped_column(String(256))
+    last_request_id: Mapped[str | None] = mapped_column(String(32))
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+    __table_args__ = (Index("ix_routing_sessions_updated", "updated_at"),)
+
+
+class ShadowDecisionRow(Base):
+    """A candidate policy's decision on a live request it did not serve (``router.shadow``, 0008)."""
+
+    __tablename__ = "shadow_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)  # the served request (no FK: written apart from it)
+    created_at: Mapped[datetime]
+    policy: Mapped[str] = mapped_column(String(128))  # the candidate
+    policy_version: Mapped[str] = mapped_column(String(128))
+    served_policy: Mapped[str | None] = mapped_column(String(128))
+    served_version: Mapped[str | None] = mapped_column(String(128))
+    served_expert: Mapped[str | None] = mapped_column(String(256))
+    expert: Mapped[str] = mapped_column(String(256))  # the candidate's choice
+    agrees: Mapped[bool] = mapped_column(Boolean)
+    decision: Mapped[dict[str, Any]]  # the candidate's full decision record (scores, propensities, ranking)
+    lambda_: Mapped[float] = mapped_column("lambda", Float)
+    status: Mapped[str] = mapped_column(String(16))  # decided | called | judged | skipped_budget | error
+    served_cost_usd: Mapped[float | None]
+    cost_usd: Mapped[float | None]  # the candidate expert's bill, when it was called
+    latency_ms: Mapped[float | None]
+    served_score: Mapped[float | None]  # blind judge ratings in [0, 1]
+    score: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_shadow_policy_created", "policy", "policy_version", "created_at"),)

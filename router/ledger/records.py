@@ -12,4 +12,4 @@ class LedgerRecord:
 
     request: dict[str, Any]
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    settlement: dict[str, Any] | None = None  # a budget reservation to settle (router/budgets.py)
+    settlement: dict[str, Any] | None = None  # a budget reservation to settle (router/access/budgets.py)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from router.config import ExpertConfig
+from core.config import ExpertConfig
 from router.ledger.models import AttemptRow, ExpertRow, RequestRow
 
 

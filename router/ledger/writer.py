@@ -18,11 +18,12 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from router.budgets import apply_settlement
 from router.ledger import rollups
+from router.ledger.db import sqlite_file_identity
 from router.ledger.models import AttemptRow, RequestRow
 from router.ledger.records import LedgerRecord
 from router.ledger.spool import LedgerSpool
+from router.ledger.usage import apply_settlement
 
 log = logging.getLogger("expertmux.ledger")
 
@@ -47,6 +48,9 @@ class LedgerWriter:
         self.rows_spooled = 0
         self.rows_replayed = 0
         self.write_failures = 0
+        self.file_recreated = 0  # times the SQLite file was found deleted or replaced and recreated
+        self._sqlite_file = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+        self._file_id: tuple[int, int] | None = None  # taken at the first write (after migrations)
 
     # -- producer side (event loop) ----------------------------------------------------------
     def submit(self, record: LedgerRecord) -> None:
@@ -171,7 +175,25 @@ class LedgerWriter:
             path.unlink()
             self.rows_replayed += len(records)
 
+    def _check_file(self) -> None:
+        """A SQLite ledger whose file was deleted (or replaced) under the running proxy: reconnect
+        and recreate the schema in a new file instead of writing into the deleted one."""
+        if not self._sqlite_file:
+            return
+        current = sqlite_file_identity(self.engine)
+        if self._file_id is None or current == self._file_id:  # never seen a file yet: nothing was lost
+            self._file_id = current
+            return
+        from router.ledger.migrate import upgrade
+
+        log.error("ledger database file %s was deleted or replaced; recreating it", self.engine.url.database)
+        self.engine.dispose()
+        upgrade(self.engine.url.render_as_string(hide_password=False))
+        self._file_id = sqlite_file_identity(self.engine)
+        self.file_recreated += 1
+
     def _write(self, batch: list[LedgerRecord]) -> None:
+        self._check_file()
         with Session(self.engine) as session, session.begin():
             session.execute(insert(RequestRow), [r.request for r in batch])
             attempts = [a for r in batch for a in r.attempts]

@@ -118,7 +118,7 @@ def test_stream_broken_after_first_byte_ends_with_error_event(fake_app_url, upst
 def test_health_and_metrics(fake_app_url):
     url, _ = fake_app_url
     _client(url).chat.completions.create(model="cheap", messages=[{"role": "user", "content": "hi"}])
-    health = httpx.get(f"{url}/healthz").json()
+    health = httpx.get(f"{url}/healthz/details").json()
     assert health["experts"]["cheap"]["up"] is True and health["policy"] == "strongest"
     metrics = httpx.get(f"{url}/metrics").text
     assert 'expertmux_requests_total{expert="cheap",model="cheap",policy="direct",status="ok"} 1.0' in metrics
@@ -137,7 +137,7 @@ def test_breaker_takes_a_failing_expert_out_of_rotation(fake_app_url, upstreams)
     assert [r.n_attempts for r in rows] == [2, 2, 2, 1]  # threshold 3: the fourth never tries 'strong'
     assert rows[-1].decision["ranking"] == ["cheap"]
     assert len(upstreams["strong"][0].calls) == 3
-    health = httpx.get(f"{url}/healthz").json()
+    health = httpx.get(f"{url}/healthz/details").json()
     assert health["experts"]["strong"]["breaker"] == "open"
     assert 'expertmux_expert_breaker_state{expert="strong"} 2.0' in httpx.get(f"{url}/metrics").text
 

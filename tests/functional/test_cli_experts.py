@@ -10,15 +10,15 @@ import httpx
 import pytest
 import yaml
 
+from core.settings import PROJECT_ROOT
 from experts.backends.process import pid_alive
-from router.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make install builds it)")
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "router", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

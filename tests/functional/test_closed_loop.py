@@ -42,13 +42,13 @@ def test_the_loop_learns_and_the_estimates_hold(tmp_path):
     from typer.testing import CliRunner
 
     from benchmarks.closed_loop import ope_truth, open_ledger, simulate, sync_models, true_value
+    from cli import _register, app
     from policies import create_policy
     from policies.artifacts import load_artifact
     from policies.data import RoutingData
     from policies.embeddings import configure_encoders, get_encoder
     from policies.logged_eval import candidate_probs
-    from router.cli import _register, app
-    from router.ledger.bandit import load_logged
+    from router.learning.bandit import load_logged
 
     _register()
     cache = tmp_path / "embeddings"

@@ -11,8 +11,8 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from core.settings import Settings
 from router.ledger.models import RequestRow
-from router.settings import Settings
 from tests.conftest import make_settings, remote_expert
 from tests.support.servers import serve_in_thread
 
@@ -28,7 +28,7 @@ def test_curve_promote_and_rollback_of_a_learned_policy(tmp_path, upstreams):
     from api.app import create_app
     from policies.embeddings import configure_encoders
     from policies.training import train_policy
-    from router import policy_registry
+    from router.lifecycle import registry as policy_registry
     from tests.support.routing_matrix import write_matrix
     from tests.unit.test_policy_registry import PARAMS, _matrix
 
@@ -120,3 +120,42 @@ def test_apply_bad_input_gives_clear_4xx(tmp_path, upstreams):
         assert httpx.get(f"{url}/admin/api/requests", params={"cursor": "bad"}, headers=AUTH).status_code == 400
         assert httpx.get(f"{url}/admin/api/requests/unknown", headers=AUTH).status_code == 404
         assert httpx.get(f"{url}/admin/api/requests", params={"status": "weird"}, headers=AUTH).status_code == 400
+
+
+def test_cascades_and_over_time_routes(tmp_path, upstreams):
+    """/cascades on ledger rows written by the app's own writer; /sessions, /pacing and /shadow
+    say when their feature is off; bad windows are a 400, no token a 401."""
+    from datetime import UTC, datetime, timedelta
+
+    from api.app import create_app
+    from tests.support.cascade_ledger import Step, cascade_record
+
+    experts = [remote_expert("cheap", upstreams["cheap"][1]), remote_expert("strong", upstreams["strong"][1])]
+    app = create_app(make_settings(tmp_path, experts, {"active": "prior", "lambda": 0}, admin_token=ADMIN))
+    with serve_in_thread(app) as url, httpx.Client(base_url=f"{url}/admin/api", headers=AUTH) as http:
+        assert http.get("/cascades", params={"hours": 24}).json()["policies"] == []
+        now = datetime.now(UTC)
+        for record in (cascade_record("a", now - timedelta(hours=2), "cascade", [Step("cheap", 0.001, 120, True)]),
+                       cascade_record("b", now - timedelta(hours=1), "cascade",
+                                      [Step("cheap", 0.001, 180), Step("strong", 0.03, 900, True)]),
+                       cascade_record("c", now - timedelta(hours=30), "cascade",
+                                      [Step("cheap", 0.001, 180), Step("strong", 0.03, 900, True)])):
+            app.state.service.ledger.submit(record)
+        assert app.state.service.ledger.flush(10)
+        day = http.get("/cascades", params={"hours": 24}).json()
+        assert day["requests"] == 2 and len(day["policies"]) == 1
+        p = day["policies"][0]
+        assert (p["policy"], p["requests"], p["escalated"], p["escalation_rate"], p["mean_steps"]) == ("cascade", 2, 1, 0.5, 1.5)
+        assert p["added_cost_usd"] == pytest.approx(0.001) and p["added_cost_per_request_usd"] == pytest.approx(0.0005)
+        assert (p["added_latency_p50_ms"], p["added_latency_p95_ms"]) == (180.0, 180.0)
+        since = (now - timedelta(hours=48)).isoformat()
+        assert http.get("/cascades", params={"since": since}).json()["policies"][0]["requests"] == 3
+        assert http.get("/cascades", params={"hours": 0}).status_code == 400
+        bad = http.get("/cascades", params={"since": now.isoformat(), "until": (now - timedelta(hours=1)).isoformat()})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+        assert httpx.get(f"{url}/admin/api/cascades").status_code == 401
+        # routing over time is off in this config: each route says so
+        assert http.get("/pacing").json() == {"enabled": False, "scopes": []}
+        assert http.get("/sessions", params={"hours": 24}).json()["enabled"] is False
+        shadow = http.get("/shadow").json()
+        assert shadow["enabled"] is False and shadow["live"] is None and shadow["candidates"] == []

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from benchmarks.ledger_seed import seed
-from router.dashboard import DashboardQueries, LedgerFilter, Window, decode_cursor, utc
-from router.errors import InvalidRequestError, NotFoundError
+from core.errors import InvalidRequestError, NotFoundError
+from router.dashboard.queries import DashboardQueries
+from router.dashboard.windows import LedgerFilter, Window, decode_cursor, utc
 from router.ledger import migrate
 from router.ledger.db import make_engine
 from router.ledger.models import FeedbackRow, RequestRow
@@ -159,3 +160,89 @@ def test_exact_percentiles_without_ln(ledger):
     assert [b["requests"] for b in plain["timeseries"]["buckets"]] == [b["requests"] for b in binned["timeseries"]["buckets"]]
     for a, b in zip(plain["timeseries"]["buckets"], binned["timeseries"]["buckets"]):
         assert b["p95_ms"] == pytest.approx(a["p95_ms"], rel=0.017)
+
+
+# -- cascade escalations per policy -----------------------------------------------------------------
+def seed_cascades(engine) -> None:
+    """Cascade requests of two policies inside [END − 24 h, END), one on each side outside, and
+    requests without a cascade (a fallback too), written by the ledger writer."""
+    from router.ledger.writer import LedgerWriter
+    from tests.support.cascade_ledger import Step, cascade_record, plain_record
+
+    at = lambda h: END - timedelta(hours=h)  # noqa: E731
+    records = [
+        cascade_record("c1", at(20), "cascade", [Step("small", 0.001, 200, True)]),
+        cascade_record("c2", at(10), "cascade", [Step("small", 0.001, 300), Step("mid", 0.01, 800, True)]),
+        # the middle answer is returned: the last step was paid for and discarded
+        cascade_record("c3", at(5), "cascade", [Step("small", 0.001, 250), Step("mid", 0.01, 900, True),
+                                                 Step("large", 0.05, 2000)]),
+        cascade_record("c4", at(3), "cascade", [Step("small", 0.0, 100, status="error"), Step("mid", 0.01, 700, True)]),
+        cascade_record("c5", at(1), "cascade", [Step("small", 0.001, 200, True)], judge_usd=0.0005),
+        cascade_record("t1", at(8), "cascade_threshold", [Step("small", 0.002, 400), Step("mid", 0.02, 1000, True)]),
+        cascade_record("t2", at(2), "cascade_threshold", [Step("small", 0.002, 350, True)]),
+        cascade_record("old", at(25), "cascade", [Step("small", 0.001, 300), Step("mid", 0.01, 800, True)]),
+        cascade_record("new", END, "cascade", [Step("small", 0.001, 300), Step("mid", 0.01, 800, True)]),
+        plain_record("p1", at(4), "knn", "mid"),
+    ]
+    fallback = plain_record("p2", at(6), "knn", "small", status="error")  # a failed call and its fallback: no cascade
+    fallback.attempts.append({**fallback.attempts[0], "attempt_no": 2, "expert": "mid", "status": "ok", "error": None})
+    fallback.request.update(status="ok", n_attempts=2)
+    writer = LedgerWriter(engine)
+    writer.start()
+    for r in [*records, fallback]:
+        writer.submit(r)
+    assert writer.flush(30)
+    writer.close()
+
+
+def check_cascades(engine) -> None:
+    q = DashboardQueries(engine)
+    out = q.cascades(Window(END - timedelta(hours=24), END))
+    assert out["requests"] == 7 and [p["policy"] for p in out["policies"]] == ["cascade", "cascade_threshold"]
+    c, t = out["policies"]
+    assert (c["requests"], c["escalated"], c["escalation_rate"], c["mean_steps"]) == (5, 3, 0.6, 1.8)
+    # discarded: c2 small 0.001; c3 small 0.001 + large 0.05; c4's failed step 0
+    assert c["cost_usd"] == pytest.approx(0.084) and c["added_cost_usd"] == pytest.approx(0.052)
+    assert c["added_cost_per_request_usd"] == pytest.approx(0.0104) and c["judge_cost_usd"] == pytest.approx(0.0005)
+    # added latency per escalated request: 300, 250 + 2000, 100 ms; nearest rank of 3 values
+    assert (c["added_latency_p50_ms"], c["added_latency_p95_ms"]) == (300.0, 2250.0)
+    assert (t["requests"], t["escalated"], t["escalation_rate"], t["mean_steps"]) == (2, 1, 0.5, 1.5)
+    assert t["added_cost_usd"] == pytest.approx(0.002) and t["added_cost_per_request_usd"] == pytest.approx(0.001)
+    assert (t["added_latency_p50_ms"], t["added_latency_p95_ms"], t["judge_cost_usd"]) == (400.0, 400.0, 0.0)
+    # a window with only one-step cascades: nothing escalated, no added latency to rank
+    one = q.cascades(Window(END - timedelta(hours=2, minutes=30), END))
+    assert [(p["policy"], p["requests"], p["escalated"], p["added_cost_usd"], p["added_latency_p50_ms"])
+            for p in one["policies"]] == [("cascade", 1, 0, 0.0, None), ("cascade_threshold", 1, 0, 0.0, None)]
+    none = q.cascades(Window(END - timedelta(hours=48), END - timedelta(hours=30)))
+    assert none == {"since": (END - timedelta(hours=48)).isoformat(), "until": (END - timedelta(hours=30)).isoformat(),
+                    "requests": 0, "policies": []}
+
+
+def test_cascade_escalations_per_policy(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    seed_cascades(engine)
+    check_cascades(engine)
+    engine.dispose()
+
+
+def test_a_ledger_without_cascades_has_none(ledger):
+    q, _, rows, _ = ledger
+    assert rows and q.cascades(Window(END - timedelta(hours=48), END))["policies"] == []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_cascade_escalations_per_policy_on_postgres():
+    """The JSON paths and casts of the cascade query in PostgreSQL's dialect."""
+    from tests.support.postgres import pg_bin, postgres_cluster
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
+    with postgres_cluster() as url:
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        seed_cascades(engine)
+        check_cascades(engine)
+        engine.dispose()

@@ -13,8 +13,8 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import FeedbackRow
-from router.settings import PROJECT_ROOT, Settings
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ pytest.importorskip("pyarrow", reason="the ml extra is not installed")
 from typer.testing import CliRunner  # noqa: E402
 
 from benchmarks.closed_loop import open_ledger, simulate, sync_models  # noqa: E402
+from cli import _register, app  # noqa: E402
 from policies.artifacts import load_artifact  # noqa: E402
-from router.cli import _register, app  # noqa: E402
-from router.ledger.bandit import load_logged  # noqa: E402
+from router.learning.bandit import load_logged  # noqa: E402
 from tests.conftest import make_settings, remote_expert  # noqa: E402
 from tests.support.servers import serve_in_thread  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_train_from_the_ledger_writes_a_version_with_provenance(ledger):
     assert prov["training"]["training_rows"] > prov["rows"]  # explored rows weigh more: resampled
     policy = load_artifact(out).policy
     assert policy.expert_names == ["large", "mid", "small"]
-    from router.policy_registry import list_versions
+    from router.lifecycle.registry import list_versions
 
     (version,) = list_versions(url, "knn")  # registered in the ledger it learned from, not active
     assert version.version == policy.version and not version.active and "registered as knn" in result.output

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from benchmarks.ledger_seed import seed
-from router.dashboard import DashboardQueries, Window, utc
-from router.feedback import FeedbackService
-from router.keys import KeyStore
+from router.access.keys import KeyStore
+from router.dashboard.queries import DashboardQueries
+from router.dashboard.windows import Window, utc
+from router.learning.feedback import FeedbackService
 from router.ledger import migrate
 from router.ledger.db import make_engine
 from router.ledger.models import FeedbackRollupRow, FeedbackRow, LatencyRollupRow, RequestRollupRow, RequestRow
@@ -131,7 +132,7 @@ def check_scenario(url: str, tmp_path) -> None:
     again.close()
     assert again.rows_replayed == 60
     # Feedback through the service (its rollup is written with the feedback row).
-    service = FeedbackService(engine=engine, ledger=again, keys=KeyStore(engine), auth_required=False)
+    service = FeedbackService(engine=engine, ledger=again, keys=KeyStore(engine, secret=b"test-secret"), auth_required=False)
     ids = [f"q{i:031d}" for i in rng.sample(range(500), 80)]
     for rid in ids:
         service.record(request_id=rid, score=rng.random(), source="user")

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import AttemptRow, RequestRow
-from router.settings import PROJECT_ROOT, Settings
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,9 @@ def local_app(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("local-experts")
     # No supervisor here: the kill test below needs the dead expert to stay dead.
+    # No background calibration either: these tests own the experts' queue.
     settings = Settings(config=PROJECT_ROOT / "config" / "expertmux.yaml", data_dir=data_dir, autostart_experts=True,
-                        supervise_interval_s=0)
+                        supervise_interval_s=0, autolearn=False)
     app = create_app(settings)
     with serve_in_thread(app, startup_timeout=300) as url:
         yield url, app
@@ -85,6 +86,35 @@ def test_streaming_each_expert_by_name(local_app, client):
         assert row.stream and row.status == "ok" and row.expert == expert and row.policy == "direct"
         assert row.completion_tokens == usage.completion_tokens
         assert 0 < row.ttft_ms <= row.latency_ms
+
+
+def test_a_stream_is_not_cut_short_by_a_concurrent_request(client):
+    """A request arriving while an expert streams must queue behind the stream, not end it: the
+    stream (greedy decoding) equals the same request streamed alone, and it ends with a reason."""
+    import threading
+
+    count = [{"role": "user", "content": "Count from 1 to 100, separated by commas."}]
+    params = dict(model="smollm2-135m", messages=count, max_tokens=24, temperature=0, stream=True)
+
+    def streamed(disturb: bool) -> tuple[str, str | None]:
+        pieces, finish, other, side = [], None, {}, None
+        for chunk in client.chat.completions.create(**params):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+            if disturb and side is None and "".join(pieces).strip():  # mid-stream: a second client asks
+                side = threading.Thread(target=lambda: other.update(
+                    r=client.chat.completions.create(model="smollm2-135m", messages=HELLO, max_tokens=4)))
+                side.start()
+        if side is not None:
+            side.join(120)
+            assert other["r"].choices[0].message.content is not None
+        return "".join(pieces), finish
+
+    alone = streamed(disturb=False)
+    together = streamed(disturb=True)
+    assert together[1] is not None, f"the stream ended without a finish reason after {together[0]!r}"
+    assert together == alone
 
 
 def test_models_endpoint(client):
@@ -158,4 +188,4 @@ def test_killed_expert_gives_clear_error_and_failure_row(local_app, client):
     for rid in ids:
         row = _row(app, rid)
         assert row.status == "ok" and row.n_attempts == (2 if row.decision["expert"] == "gemma3-270m" else 1)
-    assert httpx.get(f"{url}/healthz").json()["experts"]["gemma3-270m"]["up"] is False
+    assert httpx.get(f"{url}/healthz/details").json()["experts"]["gemma3-270m"]["up"] is False

@@ -17,8 +17,8 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from core.settings import Settings
 from router.ledger.models import RequestRow
-from router.settings import Settings
 from tests.conftest import remote_expert
 from tests.support.servers import serve_in_thread
 from tests.unit.test_policy_registry import PARAMS, _matrix
@@ -31,7 +31,7 @@ MAP = {"small": "cheap", "mid": "cheap", "large": "strong"}
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "router", "policies", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", "policies", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 
@@ -62,7 +62,9 @@ def test_promote_and_rollback_reach_the_running_app(tmp_path, upstreams):
             raw = client.chat.completions.with_raw_response.create(model="expertmux/auto", messages=HI)
             assert app.state.service.ledger.flush(10)
             with Session(app.state.service.ledger.engine) as s:
-                return s.get(RequestRow, raw.headers["x-expertmux-request-id"]).policy_version
+                version = s.get(RequestRow, raw.headers["x-expertmux-request-id"]).policy_version
+            assert raw.headers["x-expertmux-policy-version"] == version  # the client sees what the ledger records
+            return version
 
         def wait_for(version: str) -> None:
             deadline = time.monotonic() + 15

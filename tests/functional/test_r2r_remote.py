@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import ExpertConfig
 from experts.backends.llamacpp import LlamaCppBackend
 from experts.r2r import DEFAULT_ROUTER_DIR
 from experts.r2r.remote import RemotePair
 from experts.r2r.routers import LearnedRouter, RandomRouter
-from router.config import ExpertConfig
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from sqlalchemy.orm import Session
 
+from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import RequestRow
-from router.settings import PROJECT_ROOT, Settings
 from tests.support.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -134,10 +134,10 @@ def test_a_policy_chooses_the_virtual_expert(r2r_app, client):
 def test_corrupted_router_is_a_clear_startup_error(tmp_path):
     import shutil
 
+    from core.config import AppConfig
+    from core.errors import BackendError
     from experts.backends import make_backend
     from experts.r2r import DEFAULT_ROUTER_DIR
-    from router.config import AppConfig
-    from router.errors import BackendError
 
     broken = tmp_path / "router"
     shutil.copytree(DEFAULT_ROUTER_DIR, broken)
@@ -160,7 +160,7 @@ def test_expertmux_serve_with_the_example_config(tmp_path):
     env = {**os.environ, "EXPERTMUX_DATA_DIR": str(tmp_path / "var"), "EXPERTMUX_PORT": str(port),
            "EXPERTMUX_SUPERVISE_INTERVAL_S": "0"}
     exe = PROJECT_ROOT / ".venv" / "bin" / "expertmux"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "router"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
     proc = subprocess.Popen([*cmd, "serve", "--config", str(PROJECT_ROOT / "config" / "r2r.example.yaml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

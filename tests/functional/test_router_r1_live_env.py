@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.settings import PROJECT_ROOT, Settings
 from policies.router_r1.agent import AgentConfig, RouterR1Agent
-from policies.router_r1.env_live import LiveEnv
-from router.settings import PROJECT_ROOT, Settings
+from router.agents.r1_live_env import LiveEnv
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import AttemptRow, KeyUsageRow, RequestRow
-from router.settings import PROJECT_ROOT, Settings
 from tests.conftest import make_settings, remote_expert
 from tests.support import fake_openai
 from tests.support.servers import serve_in_thread
@@ -249,7 +249,7 @@ def test_adapter_served_in_process(tmp_path, upstreams):
 
 def test_bad_adapter_fails_at_start_up(tmp_path, upstreams):
     from api.app import create_app
-    from router.errors import ConfigError
+    from core.errors import ConfigError
 
     (tmp_path / "broken").mkdir()
     experts = [remote_expert("cheap", upstreams["cheap"][1])]

@@ -12,9 +12,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli import _register, app
+from core.errors import PolicyError
 from policies.router_r1.train import verify_router_artifact
-from router.cli import _register, app
-from router.errors import PolicyError
 from tests.support.routing_matrix import write_matrix
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from sqlalchemy.orm import Session
 
+from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import RequestRow
-from router.settings import PROJECT_ROOT, Settings
 from tests.support.routing_matrix import write_matrix
 from tests.support.servers import serve_in_thread
 
@@ -107,6 +107,18 @@ def test_each_learned_policy_routes_a_real_request(served, client, name):
     assert row.decision["policy_version"] == app.state.service.policies.get(name).version
     assert set(row.decision["scores"]) <= {"smollm2-135m", "gemma3-270m"}
     assert abs(sum(row.decision["propensities"].values()) - 1.0) < 1e-9
+
+
+def test_learned_policies_read_prompts_off_the_event_loop(served, client):
+    """The features of a new prompt are computed by the prefetch's worker, not inside decide."""
+    _, app = served
+    features = app.state.service.features
+    before = features.prompts
+    client.chat.completions.create(model="expertmux/knn", max_tokens=4,
+                                   messages=[{"role": "user", "content": f"A prompt never seen {time.time_ns()}"}])
+    assert features.prompts == before + 1
+    client.chat.completions.create(model="expertmux/fixed", messages=HELLO, max_tokens=4)  # reads no prompt
+    assert features.prompts == before + 1
 
 
 def test_streaming_through_the_active_learned_policy(client):

@@ -21,7 +21,7 @@ def _serve(tmp_path, port: int, **env_extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "EXPERTMUX_ADMIN_TOKEN"}
     env.update({"EXPERTMUX_DATA_DIR": str(tmp_path / "var"), "EXPERTMUX_CONFIG": str(tmp_path / "cfg.yaml"),
                 "EXPERTMUX_SUPERVISE_INTERVAL_S": "0", **env_extra})
-    return subprocess.Popen([sys.executable, "-m", "router", "serve", "--no-experts", "--port", str(port)], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "cli", "serve", "--no-experts", "--port", str(port)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

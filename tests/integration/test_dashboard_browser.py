@@ -11,74 +11,23 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO, make_settings, remote_expert
-from tests.support import fake_openai
-from tests.support.routing_matrix import write_matrix
-from tests.support.servers import serve_in_thread
+from tests.conftest import REPO
+from tests.integration.conftest import ADMIN, CHROMIUM, signed_in_page
 
-CHROMIUM = "/usr/bin/chromium"
-ADMIN = "dashboard-admin-token"
 ARTIFACTS = REPO / "var" / "test-artifacts"
 
 pytestmark = pytest.mark.slow
 if not os.path.exists(CHROMIUM):
     pytest.skip("Chromium is not installed (make system-deps installs the Debian package)", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dashboard")
-    matrix = write_matrix(tmp / "matrix", n_per_task=40)
-    cheap, strong = fake_openai.Behaviour(answer="cheap answer"), fake_openai.Behaviour(answer="strong answer")
-    with serve_in_thread(fake_openai.make_app(cheap)) as cheap_url, serve_in_thread(fake_openai.make_app(strong)) as strong_url:
-        experts = [remote_expert("cheap", cheap_url, prior_quality=0.3, params_b=1.0),
-                   remote_expert("strong", strong_url, prior_quality=0.8, params_b=70.0,
-                                 input_usd_per_mtok=10.0, output_usd_per_mtok=30.0)]
-        settings = make_settings(tmp, experts, {"active": "prior", "lambda": 0}, admin_token=ADMIN, registry_poll_s=0)
-        cfg = settings.config
-        cfg.write_text(cfg.read_text() + f"tuning:\n  data: {matrix}\n  expert_map: {{small: cheap, large: strong}}\n")
-        from api.app import create_app
-
-        app = create_app(settings)
-        with serve_in_thread(app) as url:
-            client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
-            for i in range(56):  # more than one page of the ledger browser (50 rows)
-                model = "cheap" if i % 4 == 0 else "expertmux/auto"
-                raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": f"q{i}"}])
-                if i % 3 == 0:
-                    httpx.post(f"{url}/v1/feedback", json={"request_id": raw.headers["x-expertmux-request-id"], "score": 0.75},
-                               headers={"authorization": f"Bearer {ADMIN}"}).raise_for_status()
-            httpx.post(f"{url}/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
-            assert app.state.service.ledger.flush(10)
-            yield url, app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
+# The app with its traffic (app_url) and the browser are fixtures of tests/integration/conftest.py.
 
 
 @pytest.fixture
 def page(browser, app_url):
     """A signed-in page; fails the test on any console error or uncaught exception."""
-    url, _ = app_url
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    pg.goto(f"{url}/admin")
-    assert pg.url.endswith("/admin/login")
-    pg.fill("#token", ADMIN)
-    pg.click("#login-submit")
-    pg.wait_for_url(f"{url}/admin")
-    yield pg
-    context.close()
-    assert problems == []
+    with signed_in_page(browser, app_url[0]) as pg:
+        yield pg
 
 
 def _shot(pg, name: str) -> Path:

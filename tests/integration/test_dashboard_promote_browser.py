@@ -12,8 +12,8 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from core.settings import Settings
 from router.ledger.models import RequestRow
-from router.settings import Settings
 from tests.conftest import remote_expert
 from tests.support.servers import serve_in_thread
 
@@ -32,7 +32,7 @@ def test_promote_and_roll_back_from_the_page(tmp_path, upstreams):
     from api.app import create_app
     from policies.embeddings import configure_encoders
     from policies.training import train_policy
-    from router import policy_registry
+    from router.lifecycle import registry as policy_registry
     from tests.support.routing_matrix import write_matrix
     from tests.unit.test_policy_registry import PARAMS, _matrix
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from router.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, "-m", "router", "eval", "--data", str(LLMROUTER), "--split", "test",
+        [sys.executable, "-m", "cli", "eval", "--data", str(LLMROUTER), "--split", "test",
          "--json", str(out / "r.json"), "--plot", str(out / "r.png"),
          "--cache-dir", str(PROJECT_ROOT / "var" / "cache" / "embeddings")],
         env=env, capture_output=True, text=True, timeout=900,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.feedback import FeedbackService
-from router.ledger.bandit import load_logged
+from router.learning.bandit import load_logged
+from router.learning.feedback import FeedbackService
 from router.ledger.db import make_engine
 from router.ledger.migrate import upgrade
 from router.ledger.writer import LedgerWriter

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from experts.backends.base import LoadSnapshot
+from core.config import load_config
+from core.contracts import LoadSnapshot
 from experts.backends.process import pid_alive
 from experts.backends.vllm import DEFAULT_VENV, PROJECT_ROOT, VllmBackend
-from router.config import load_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

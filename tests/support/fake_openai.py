@@ -55,7 +55,7 @@ def make_app(behaviour: Behaviour) -> Starlette:
                 yield "data: " + json.dumps({**base, "object": "chat.completion.chunk",
                                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}) + "\n\n"
             finish = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            if behaviour.extra_usage:  # streams carry extras on the finishing chunk (see RoutingService._relay)
+            if behaviour.extra_usage:  # streams carry extras on the finishing chunk (see router/request/streaming.relay)
                 finish["usage_details"] = behaviour.extra_usage
             yield "data: " + json.dumps(finish) + "\n\n"
             if behaviour.usage_in_stream:

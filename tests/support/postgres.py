@@ -28,6 +28,30 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 @contextmanager
 def postgres_cluster():
     """Yields a SQLAlchemy URL of a fresh database on a private cluster."""
+    with postgres_server() as server:
+        yield server.url
+
+
+class PgServer:
+    """A running private cluster: its URL, and a restart (fast shutdown, then start again)."""
+
+    def __init__(self, url: str, restart_cmds: tuple[list[str], list[str]]) -> None:
+        self.url, self._stop, self._start = url, *restart_cmds
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres(self._stop), check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres(self._start), check=True, capture_output=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def postgres_server():
+    """Yields a PgServer with a fresh database on a private cluster."""
     bindir = pg_bin()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries not found (make test installs the `postgresql` package)")
@@ -41,10 +65,12 @@ def postgres_cluster():
     run = lambda cmd: subprocess.run(_as_postgres(cmd), check=True, capture_output=True, text=True)  # noqa: E731
     try:
         run([f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-        run([f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(root, "log"), "-o",
-             f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+        start = [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(root, "log"), "-o",
+                 f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", "start"]
+        run(start)
         run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "expertmux"])
-        yield f"postgresql://postgres@127.0.0.1:{port}/expertmux"
+        stop = [f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]
+        yield PgServer(f"postgresql://postgres@127.0.0.1:{port}/expertmux", (stop, start))
     finally:
         subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

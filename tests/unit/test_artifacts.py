@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("pyarrow", reason="the ml extra is not installed")
 pytest.importorskip("torch", reason="the ml extra is not installed")
 
+from core.errors import PolicyError  # noqa: E402
+from core.types import ExpertInfo, RouteRequest  # noqa: E402
 from policies import create_policy  # noqa: E402
 from policies.artifacts import MANIFEST, WEIGHTS, load_artifact, resolve, save_artifact, sha256_file  # noqa: E402
 from policies.data import RoutingData  # noqa: E402
 from policies.embeddings import configure_encoders  # noqa: E402
-from router.errors import PolicyError  # noqa: E402
-from router.types import ExpertInfo, RouteRequest  # noqa: E402
 from tests.support.routing_matrix import make_frame  # noqa: E402
 
 LEARNED = {

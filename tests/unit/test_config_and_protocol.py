@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import load_config
-from router.errors import ConfigError, InvalidRequestError
-from router.protocol import parse_chat_request
-from router.settings import PROJECT_ROOT, Settings
+from core.config import load_config
+from core.errors import ConfigError, InvalidRequestError
+from core.settings import PROJECT_ROOT, Settings
+from router.request.protocol import parse_chat_request
 
 
 def test_shipped_configs_are_valid():

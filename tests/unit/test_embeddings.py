@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import PolicyError
 from policies.embeddings import Encoder, HashingBackend, MiniLMBackend, configure_encoders, get_encoder
-from router.errors import PolicyError
 
 
 class CountingBackend:

@@ -172,7 +172,7 @@ def test_register_policy_adds_a_lazy_entry(monkeypatch):
 def test_cli_eval_writes_json_plot_and_markdown(tmp_path):
     from typer.testing import CliRunner
 
-    from router.cli import _register, app
+    from cli import _register, app
 
     _register()
     folder = write_matrix(tmp_path / "synthetic", n_per_task=40)
@@ -198,7 +198,7 @@ def test_cli_eval_writes_json_plot_and_markdown(tmp_path):
 def test_cli_eval_quality_only_two_model_plot(tmp_path):
     from typer.testing import CliRunner
 
-    from router.cli import _register, app
+    from cli import _register, app
 
     _register()
     folder = write_matrix(tmp_path / "pair", models=("small", "large"), costs=False, n_per_task=30)

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from router.config import AppConfig, ExplorationConfig, PolicyConfig
-from router.exploration import Explorer, exploration_probs
-from router.policy_set import PolicySet
-from router.types import Decision, ExpertInfo, RouteRequest
+from core.config import AppConfig, ExplorationConfig, PolicyConfig
+from core.types import Decision, ExpertInfo, RouteRequest
+from router.lifecycle.exploration import Explorer, exploration_probs
+from router.lifecycle.policy_set import PolicySet
 
 EXPERTS = [ExpertInfo("a", prior_quality=0.9), ExpertInfo("b", prior_quality=0.5), ExpertInfo("c", prior_quality=0.1)]
 

@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from router.errors import (
+from core.errors import (
     AuthenticationError,
     InvalidRequestError,
     LedgerUnavailableError,
     NotFoundError,
     PermissionDeniedError,
 )
-from router.feedback import FeedbackService, normalize_score
-from router.keys import KeyStore
+from router.access.keys import KeyStore
+from router.learning.feedback import FeedbackService, normalize_score
 from router.ledger import migrate
 from router.ledger.db import make_engine
 from router.ledger.writer import LedgerWriter
@@ -30,7 +30,7 @@ def parts(tmp_path):
     migrate.upgrade(url)
     engine = make_engine(url)
     writer = LedgerWriter(engine, batch_size=8)
-    keys = KeyStore(engine, cache_ttl_s=0)
+    keys = KeyStore(engine, secret=b"test-secret", cache_ttl_s=0)
     yield engine, writer, keys
     writer.close()
     engine.dispose()

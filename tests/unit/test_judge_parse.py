@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import AppConfig
-from router.judge import parse_score
+from core.config import AppConfig
+from router.learning.judge import parse_score
 
 
 @pytest.mark.parametrize("text, expected", [

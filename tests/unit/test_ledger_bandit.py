@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
+from core.types import Decision
 from policies.logged import training_data
-from router.feedback import FeedbackService
-from router.ledger.bandit import expert_info, load_logged
+from router.learning.bandit import expert_info, load_logged
+from router.learning.feedback import FeedbackService
 from router.ledger.db import make_engine
 from router.ledger.migrate import upgrade
 from router.ledger.writer import LedgerWriter
-from router.trace import RequestTrace
-from router.types import Decision
+from router.request.trace import RequestTrace
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.load import LatencyTracker, adjust_for_load
-from router.types import Decision
+from core.types import Decision
+from router.request.load import LatencyTracker, adjust_for_load
 
 
 def decision(**overrides) -> Decision:

@@ -7,8 +7,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.errors import InvalidRequestError
-from router.protocol import ChatCompletionRequest, parse_chat_request
+from core.errors import InvalidRequestError
+from router.request.protocol import ChatCompletionRequest, parse_chat_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

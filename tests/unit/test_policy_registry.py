@@ -8,18 +8,18 @@ import pytest
 
 pytest.importorskip("pyarrow", reason="the ml extra is not installed")
 
+from core.config import PolicyConfig  # noqa: E402
+from core.errors import InvalidRequestError, NotFoundError, PolicyError  # noqa: E402
+from core.types import ExpertInfo  # noqa: E402
 from policies.data import RoutingData  # noqa: E402
 from policies.embeddings import configure_encoders  # noqa: E402
 from policies.training import train_policy  # noqa: E402
-from router import policy_registry as reg  # noqa: E402
-from router.config import PolicyConfig  # noqa: E402
-from router.errors import InvalidRequestError, NotFoundError, PolicyError  # noqa: E402
 from router.ledger import migrate  # noqa: E402
 from router.ledger.db import make_engine  # noqa: E402
-from router.policy_gate import BenchmarkGate, manifest_gate  # noqa: E402
-from router.policy_set import PolicySet  # noqa: E402
-from router.policy_sync import RegistrySync  # noqa: E402
-from router.types import ExpertInfo  # noqa: E402
+from router.lifecycle import registry as reg  # noqa: E402
+from router.lifecycle.gate import BenchmarkGate, manifest_gate  # noqa: E402
+from router.lifecycle.policy_set import PolicySet  # noqa: E402
+from router.lifecycle.sync import RegistrySync  # noqa: E402
 from tests.support.routing_matrix import make_frame, write_matrix  # noqa: E402
 
 PARAMS = {"encoder": "hashing", "k": 5}
@@ -146,7 +146,7 @@ def test_ledger_gate_estimates_both_versions_off_policy(engine, trained):
     from sqlalchemy.orm import Session
 
     from router.ledger.models import FeedbackRow, RequestRow
-    from router.policy_gate import LedgerGate
+    from router.lifecycle.gate import LedgerGate
     from tests.support.routing_matrix import PRICES
 
     data = RoutingData.load(trained["matrix"])

@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("pyarrow", reason="the ml extra is not installed")
 pytest.importorskip("torch", reason="the ml extra is not installed")
 
+from core.config import PolicyConfig  # noqa: E402
+from core.errors import ConfigError, ModelNotFoundError, PolicyError  # noqa: E402
+from core.types import ExpertInfo, RouteRequest, RoutingOptions  # noqa: E402
 from policies import create_policy  # noqa: E402
 from policies.artifacts import WEIGHTS, save_artifact  # noqa: E402
 from policies.data import RoutingData  # noqa: E402
 from policies.embeddings import configure_encoders  # noqa: E402
-from router.config import PolicyConfig  # noqa: E402
-from router.errors import ConfigError, ModelNotFoundError, PolicyError  # noqa: E402
-from router.policy_set import PolicySet  # noqa: E402
-from router.types import ExpertInfo, RouteRequest, RoutingOptions  # noqa: E402
+from router.lifecycle.policy_set import PolicySet  # noqa: E402
 from tests.support.routing_matrix import make_frame  # noqa: E402
 
 EXPERTS = [

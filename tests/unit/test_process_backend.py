@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from core.config import ExpertConfig
+from core.errors import BackendError
 from experts.backends.process import ProcessBackend, pid_alive
-from router.config import ExpertConfig
-from router.errors import BackendError
 
 # A stand-in server: answers GET /v1/models like an OpenAI endpoint.
 SERVER = """

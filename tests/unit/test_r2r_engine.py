@@ -219,7 +219,7 @@ class SmallContext(ToyLM):
 
 
 def test_context_limits_end_with_length_or_refuse_the_prompt():
-    from router.errors import PromptTooLongError
+    from core.errors import PromptTooLongError
 
     vocab = words(SLM_SAYS, LLM_SAYS)
     n_prompt = len(ToyLM(vocab, []).tokenize(PROMPT))
@@ -234,7 +234,7 @@ def test_context_limits_end_with_length_or_refuse_the_prompt():
 
 
 def test_a_hidden_state_router_needs_an_slm_that_exposes_them():
-    from router.errors import ConfigError
+    from core.errors import ConfigError
 
     class ReadsHidden(NeverRouter):
         needs_hidden = True

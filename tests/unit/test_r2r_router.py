@@ -243,7 +243,7 @@ def test_weights_of_another_feature_set_are_refused(tmp_path):
 def test_train_r2r_cli_fits_saved_labels_and_names_its_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from router.cli import _register, app
+    from cli import _register, app
 
     _register()
     from experts.r2r.labels import LabelStats

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from core.config import AppConfig
+from core.errors import BackendError, ConfigError
 from experts.r2r.engine import LLM, SLM, GenerationStats
 from experts.r2r.features import Proposal
 from experts.r2r.remote import RemotePair
@@ -18,8 +20,6 @@ from experts.r2r.server import create_app
 from experts.r2r.service import R2RService, StopScanner
 from experts.r2r.track import TrackStats
 from experts.r2r.usage import Prices, usage
-from router.config import AppConfig
-from router.errors import BackendError, ConfigError
 from tests.support.toy_lm import ToyLM, words
 
 MSGS = [{"role": "user", "content": "where is the cat?"}]
@@ -271,7 +271,7 @@ def test_remote_mode_ends_on_the_slm_end_of_text_and_respects_max_tokens():
     (lambda request: (_ for _ in ()).throw(httpx.ConnectError("refused")), "unreachable"),
 ])
 def test_remote_server_failures_are_expert_errors(failure, message):
-    from router.errors import ExpertError
+    from core.errors import ExpertError
 
     pair = RemotePair(slm_url="http://slm/v1", slm_model="s", llm_url="http://llm/v1", llm_model="l", slm_format="plain",
                       llm_format="plain", transport=httpx.MockTransport(failure))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.types import ExpertInfo
 from policies.data import RoutingData
 from policies.router_r1.agent import AgentConfig, ExpertReply, RouterR1Agent
-from policies.router_r1.env_live import LiveEnv, arithmetic_task, first_int, score_answer
 from policies.router_r1.env_matrix import INFORMATION, MatrixEnv, example_performance
-from router.types import ExpertInfo
+from router.agents.r1_live_env import LiveEnv, arithmetic_task, first_int, score_answer
 from tests.support.routing_matrix import make_frame
 
 
@@ -110,7 +110,7 @@ def test_malformed_episode_scores_the_penalty_and_the_fallback_quality(data):
 
 
 def test_unknown_model_subset_is_refused(data):
-    from router.errors import PolicyError
+    from core.errors import PolicyError
 
     with pytest.raises(PolicyError):
         MatrixEnv(data, models=["small", "nope"])

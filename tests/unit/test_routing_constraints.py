@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import InvalidRequestError, NoCandidateError
+from core.types import ExpertInfo, RouteRequest, RoutingOptions
 from policies import create_policy
-from policies.base import constraint_penalties, pareto_indices
-from router.errors import InvalidRequestError, NoCandidateError
-from router.protocol import parse_chat_request
-from router.types import ExpertInfo, RouteRequest, RoutingOptions
+from policies.constraints import constraint_penalties, pareto_indices
+from router.request.protocol import parse_chat_request
 
 EXPERTS = [  # equal priors: only the constraints tell them apart
     ExpertInfo("old-small", params_b=1.0, release_date="2022-01-01", prior_quality=0.5, input_usd_per_mtok=1, output_usd_per_mtok=1),

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import PolicyError
 from policies.costs import CostModel
 from policies.data import RoutingData
-from router.errors import PolicyError
 from tests.support.routing_matrix import make_frame, write_matrix
 
 

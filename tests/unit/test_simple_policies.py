@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import NoCandidateError, PolicyError
+from core.types import ExpertInfo, RouteRequest, RoutingOptions
 from policies import available_policies, create_policy
-from router.errors import NoCandidateError, PolicyError
-from router.types import ExpertInfo, RouteRequest, RoutingOptions
 
 EXPERTS = [
     ExpertInfo("small", input_usd_per_mtok=0.1, output_usd_per_mtok=0.2, params_b=1, prior_quality=0.3, context_window=4096),

@@ -11,8 +11,8 @@ pytest.importorskip("torch", reason="the ml extra is not installed")
 
 from typer.testing import CliRunner  # noqa: E402
 
+from cli import _register, app  # noqa: E402
 from policies.artifacts import load_artifact  # noqa: E402
-from router.cli import _register, app  # noqa: E402
 from tests.support.routing_matrix import write_matrix  # noqa: E402
 
 

@@ -7,12 +7,12 @@ import pytest
 
 pytest.importorskip("pyarrow", reason="the ml extra is not installed")
 
+from core.config import PolicyConfig, TuningConfig  # noqa: E402
+from core.errors import InvalidRequestError, ModelNotFoundError, PolicyError  # noqa: E402
+from core.types import ExpertInfo  # noqa: E402
 from policies.registry import create_policy  # noqa: E402
-from router.config import PolicyConfig, TuningConfig  # noqa: E402
-from router.errors import InvalidRequestError, ModelNotFoundError, PolicyError  # noqa: E402
-from router.policy_set import PolicySet  # noqa: E402
-from router.tuning import TuningService  # noqa: E402
-from router.types import ExpertInfo  # noqa: E402
+from router.lifecycle.policy_set import PolicySet  # noqa: E402
+from router.lifecycle.tuning import TuningService  # noqa: E402
 from tests.support.routing_matrix import write_matrix  # noqa: E402
 
 EXPERTS = [ExpertInfo("cheap", 1.0, 2.0, prior_quality=0.3), ExpertInfo("strong", 10.0, 30.0, prior_quality=0.8),

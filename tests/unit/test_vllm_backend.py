@@ -8,12 +8,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from core.config import ExpertConfig
+from core.contracts import LoadSnapshot
+from core.errors import ConfigError
 from experts.backends import make_backend
 from experts.backends import vllm as vllm_module
-from experts.backends.base import LoadSnapshot
 from experts.backends.vllm import VllmBackend, parse_metrics
-from router.config import ExpertConfig
-from router.errors import ConfigError
 
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -1,0 +1,110 @@
+"""Plain data types shared by the service, the policies and the experts.
+
+Kept free of heavy imports so policies and experts can depend on them cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertInfo:
+    """What a policy may know about an expert (from config, plus live health)."""
+
+    name: str
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    params_b: float | None = None
+    context_window: int = 4096
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    prior_quality: float | None = None
+    release_date: str | None = None  # ISO date (YYYY-MM-DD), for recency-weighted routing
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
+
+
+@dataclass(slots=True)
+class RoutingOptions:
+    """Per-request routing options, sent by clients in the extra body field ``expertmux``."""
+
+    lambda_: float | None = None  # willingness to pay; None = the policy's default
+    max_cost_usd: float | None = None
+    allowed_experts: list[str] | None = None
+    max_params_b: float | None = None
+    # User-weighted constraints (Tryage): penalties subtracted from the predicted quality.
+    size_weight: float | None = None  # quality points per 10× parameters
+    latency_weight: float | None = None  # quality points per second of expected latency
+    recency_weight: float | None = None  # quality points per year since the expert's release
+    # Hard limits next to max_cost_usd / max_params_b.
+    max_latency_s: float | None = None
+    min_release_date: str | None = None  # ISO date: only experts released on or after it
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What the request path knows of the conversation or agent loop a request belongs to
+    (``router.sessions``): read by a policy as input, stored by the layer above it, never by the policy."""
+
+    session_id: str
+    expert: str | None = None  # the expert that served the session's last answer
+    turns: int = 0  # requests of the session answered so far
+    switches: int = 0  # times the session's expert changed
+    escalations: int = 0  # times a stall moved the session up one tier
+    failures: int = 0  # consecutive failed requests
+    tool_loop: int = 0  # the same tool call, repeated this many times in a row at the end of the conversation
+    negative_feedback: bool = False  # the session's last rated answer was rated at or below the threshold
+    prefix_tokens: int = 0  # tokens of the conversation the session's expert has already read (cache hits if it stays)
+    floor_expert: str | None = None  # after an escalation: no cheaper tier than this expert's for the rest of the session
+    stall: str | None = None  # why the session counts as stalled now (tool_loop | errors | negative_feedback), or None
+
+
+@dataclass(slots=True)
+class RouteRequest:
+    """One request as the policy sees it: the prompt text and its size, never labels."""
+
+    prompt: str
+    prompt_tokens: int
+    max_completion_tokens: int
+    options: RoutingOptions = field(default_factory=RoutingOptions)
+    # Expected latency per expert (s), from the service's live measurements when it has them;
+    # latency weights and limits apply only to experts listed here.
+    expected_latency_s: dict[str, float] | None = None
+    session: SessionView | None = None  # the conversation so far, when sessions are on (input only)
+
+
+@dataclass(slots=True)
+class Decision:
+    """A routing decision with everything needed to audit and evaluate it later.
+
+    ``scores`` are the per-candidate utilities the policy compared; ``propensities`` the
+    probability with which each candidate would have been chosen (for off-policy evaluation);
+    ``ranking`` the candidates in preference order (the fallback chain).
+    """
+
+    expert: str
+    policy: str
+    policy_version: str
+    scores: dict[str, float]
+    propensities: dict[str, float]
+    ranking: list[str]
+    reason: str = ""
+    expected_latency_s: dict[str, float] | None = None  # set by load-aware routing
+    adjustments: dict[str, Any] | None = None  # what the layers above the policy did (session rule, budget pacing)
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert,
+            "policy": self.policy,
+            "policy_version": self.policy_version,
+            "scores": self.scores,
+            "propensities": self.propensities,
+            "propensity": self.propensities.get(self.expert),  # of the chosen expert (off-policy estimators)
+            "ranking": self.ranking,
+            "reason": self.reason,
+            **({"expected_latency_s": self.expected_latency_s} if self.expected_latency_s else {}),
+            **(self.adjustments or {}),
+        }

@@ -1,5 +1,0 @@
-"""``python -m router`` runs the expertmux command line."""
-
-from router.cli import main
-
-main()
