@@ -65,7 +65,7 @@ class ShadowRunner:
         self._day: str | None = None
         self.spent_today = 0.0
         self.counts = {"submitted": 0, "skipped_full": 0, "decided": 0, "called": 0, "judged": 0, "skipped_budget": 0,
-                       "error": 0}
+                       "error": 0, "logged": 0}  # logged: rows written; a decision is counted before its row is
 
     @property
     def name(self) -> str:
@@ -190,6 +190,7 @@ class ShadowRunner:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(ShadowDecisionRow), [row])
+            self.counts["logged"] += 1
         except Exception as exc:  # the shadow log is best effort: the served request is long answered
             self.counts["error"] += 1
             log.warning("could not write the shadow decision for %s: %s", row["request_id"], exc)
