@@ -13,7 +13,9 @@ judged by the eval harness on ``--splits``, in two variants:
 Each figure has a paired bootstrap 95 % interval over evaluation rows (``--boot`` resamples).
 Random routing has APGR 0.5; a policy passes when its whole interval is above 0.5.
 ``--anonymous`` hides what a never-seen data set would not tell: model and task names become
-opaque and model metadata (descriptors, sizes, prices) is dropped.
+opaque and model metadata (descriptors, sizes, prices) is dropped. ``--cv K`` reads no test row:
+K grouped folds over the train rows, every train row predicted by a policy fitted without its
+prompt (for choosing a policy's settings).
 
     python -m benchmarks.two_expert --data ../shared/data/llmrouter ../shared/data/routerdc \
         --json var/bench/two_expert.json --markdown var/bench/two_expert.md
@@ -73,17 +75,28 @@ def anonymous(data):
                    name=f"{data.name} (anonymous)")
 
 
+def train_only(data):
+    """The train rows alone, as one split: the harness then cross-validates over them."""
+    rows = data.rows_of("train")
+    sub = data.subset(rows)
+    return replace(sub, split=np.full(len(rows), CV_SPLIT, dtype=object))
+
+
+CV_SPLIT = "train-cv"
+
+
 def run_subset(data, split: str, variant: str, policies: list[str], args) -> dict:
     from policies.evaluation.harness import EvalConfig, Hooks, evaluate
 
     runs: dict[str, tuple] = {}
-    cfg = EvalConfig(split=split, seed=args.seed, policy_params=args.params)
+    cfg = EvalConfig(split=split, seed=args.seed, policy_params=args.params, n_folds=max(args.cv, 2))
     t0 = time.perf_counter()
     report = evaluate(data, policies, cfg, Hooks(run_done=lambda name, run, ev: runs.__setitem__(name, (run, ev))))
     elapsed = time.perf_counter() - t0
     _, ev = next(iter(runs.values()))
     both = ev.known.all(axis=1)
-    train_means = np.nanmean(data.scores[data.rows_of("train")], axis=0)
+    fitted_on = data.rows_of("train") if split != CV_SPLIT else data.rows_of(CV_SPLIT)
+    train_means = np.nanmean(data.scores[fitted_on], axis=0)
     strong = int(np.nanargmax(train_means))
     rows = Rows(ev.scores[both], ev.cost_matrix()[both], ev.has_costs)
     W = resample_weights(int(both.sum()), args.boot, seed=args.seed)
@@ -157,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="test,ood_test", help="evaluation splits (those a set lacks are skipped)")
     parser.add_argument("--variants", default="quality,cost")
     parser.add_argument("--anonymous", action="store_true", help="opaque model and task names, no model metadata")
+    parser.add_argument("--cv", type=int, default=0, help="K grouped folds over the train rows instead of --splits")
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--param", action="append", default=[], help="POLICY.NAME=VALUE (as expertmux eval)")
@@ -185,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "cost" and not pair.has_costs:
                 continue
             data = pair if variant == "cost" else replace(pair, costs=None)
-            for split in [s for s in args.splits.split(",") if s in set(full.split.tolist())]:
+            splits = [s for s in args.splits.split(",") if s in set(full.split.tolist())]
+            if args.cv:
+                data, splits = train_only(data), [CV_SPLIT]
+            for split in splits:
                 print(f"{full.name} {split} ({variant}): {strong} vs {cheap}", flush=True)
                 r = run_subset(data, split, variant, policies, args)
                 r["data"] = full.name + (" anon." if args.anonymous else "")

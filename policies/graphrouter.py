@@ -27,7 +27,11 @@ new query; the loss is on their edges. With probability ``unseen_llm_prob`` one 
 every observed edge that epoch, so the model learns to score an LLM from its descriptor alone.
 An LLM without observations sends no messages, so adding one never changes the others' scores.
 Each epoch only a share of the other queries sends messages (neighbour sampling: faster, and less
-memorisation). A grouped hold-out of training queries stops training early.
+memorisation). A grouped hold-out of training queries stops training early, judged as routing
+reads the model: by the error of each hold-out query's predicted *differences* between LLMs
+(centred per query), in eval mode, and only after ``min_epochs``. The pooled edge loss is the
+wrong judge: with few LLMs it is dominated by how hard a query is for all of them, flattens
+early, and stops training before the per-query differences (all routing reads) are learned.
 
 At serving time the task and LLM node states of the full training graph are computed once and
 cached; a new query only needs its own two layers (sub-millisecond after the embedding).
@@ -56,6 +60,18 @@ from policies.neural import holdout_split, load_net_state, net_state, single_thr
 from policies.progress import report
 
 
+def routing_error(p, y, m) -> float:
+    """Mean squared error of the differences between a query's LLMs: predictions ``p`` and
+    outcomes ``y`` (queries × LLMs, tensors) centred per query over its known LLMs (mask ``m``);
+    queries with fewer than two known LLMs carry no difference and are left out."""
+    k = m.sum(1, keepdim=True)
+    ok = k[:, 0] >= 2
+    if not bool(ok.any()):
+        return float("inf")
+    centred = (p - (p * m).sum(1, keepdim=True) / k.clamp_min(1)) - (y - (y * m).sum(1, keepdim=True) / k.clamp_min(1))
+    return float(((centred ** 2) * m)[ok].sum() / m[ok].sum())
+
+
 class GraphRouterPolicy(EmbeddingPolicy):
     name = "graphrouter"
 
@@ -73,6 +89,8 @@ class GraphRouterPolicy(EmbeddingPolicy):
         top_tasks: int = 3,
         cost_weight: float = 0.1,
         patience: int = 60,
+        min_epochs: int = 150,
+        eval_every: int = 5,
         val_fraction: float = 0.1,
         categories: str = "auto",
         n_clusters: int = 16,
@@ -93,6 +111,8 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.top_tasks = top_tasks
         self.cost_weight = cost_weight
         self.patience = patience
+        self.min_epochs = min_epochs
+        self.eval_every = eval_every
         self.val_fraction = val_fraction
         self.categories = categories
         self.n_clusters = n_clusters
@@ -175,6 +195,8 @@ class GraphRouterPolicy(EmbeddingPolicy):
         mask = torch.as_tensor(~np.isnan(self.effect_), dtype=torch.float32)
         bce = torch.nn.BCEWithLogitsLoss(reduction="none")
         seen = np.flatnonzero(self.seen_)
+        # the hold-out as served: its queries new, every other query and LLM sending messages
+        held_out = training_graph(self._nodes(), val_rows, oof, [], None, self.top_tasks) if len(val_rows) else None
         best, best_state, since, epochs_run = float("inf"), None, 0, 0
         for epoch in range(self.epochs):
             draw = rng.random(len(fit_rows))
@@ -185,30 +207,24 @@ class GraphRouterPolicy(EmbeddingPolicy):
             batch = training_graph(self._nodes(), np.r_[targets, val_rows], oof, unseen, dropped, self.top_tasks)
             self.net_.train()
             hs = self.net_.layers(*batch)
-            t = torch.as_tensor(np.r_[targets, val_rows])
+            t = torch.as_tensor(targets)
             pred = self.net_.score(hs[-1][Q][t], hs[-1][L])
-            n_t = len(targets)
-
-            def loss_of(rows: slice, pred=pred, t=t):
-                p, m = pred[rows], mask[t[rows]]
-                err = bce(p[..., 0], effect[t[rows]]) + self.cost_weight * (p[..., 1] - cost[t[rows]]) ** 2
-                return (err * m).sum() / m.sum().clamp_min(1.0)
-
-            loss = loss_of(slice(0, n_t))
+            m = mask[t]
+            err = bce(pred[..., 0], effect[t]) + self.cost_weight * (pred[..., 1] - cost[t]) ** 2
+            loss = (err * m).sum() / m.sum().clamp_min(1.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
             epochs_run = epoch + 1
             report(stage, epochs_run, self.epochs)
-            if len(val_rows) == 0:
+            if held_out is None or epochs_run < self.min_epochs or epochs_run % self.eval_every:
                 continue
-            with torch.no_grad():
-                val = float(loss_of(slice(n_t, None)))
-            if val < best - 1e-5:
+            val = self._routing_loss(held_out, val_rows, effect, mask)
+            if val < best - 1e-6:
                 best, since = val, 0
                 best_state = copy.deepcopy(self.net_.state_dict())
             else:
-                since += 1
+                since += self.eval_every
                 if since >= self.patience:
                     break
         if best_state is not None:
@@ -216,6 +232,19 @@ class GraphRouterPolicy(EmbeddingPolicy):
         self.net_.eval()
         report(stage, epochs_run, epochs_run)
         return {"epochs": float(epochs_run), "val_loss": best if best_state is not None else float("nan")}
+
+    def _routing_loss(self, graph, rows: np.ndarray, effect, mask) -> float:
+        """Mean squared error of the predicted effect differences between a query's LLMs (each
+        query's predictions and outcomes centred on their mean over its known LLMs): a constant
+        per query, which no routing decision reads, costs nothing."""
+        import torch
+
+        self.net_.eval()
+        with torch.no_grad():
+            t = torch.as_tensor(rows)
+            hs = self.net_.layers(*graph)
+            p = torch.sigmoid(self.net_.score(hs[-1][Q][t], hs[-1][L])[..., 0])
+        return routing_error(p, effect[t], mask[t])
 
     def _nodes(self) -> GraphNodes:
         return GraphNodes(self.train_x_, self.task_x_, self.llm_x_, self.train_task_, self.effect_, self.cost_norm_, self.seen_)

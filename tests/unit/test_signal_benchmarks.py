@@ -18,7 +18,7 @@ from benchmarks.routing_stats import (  # noqa: E402
     sweep_distribution,
     sweep_priority,
 )
-from benchmarks.two_expert import anonymous, pick_pair  # noqa: E402
+from benchmarks.two_expert import CV_SPLIT, anonymous, pick_pair, train_only  # noqa: E402
 from policies.data import RoutingData  # noqa: E402
 from tests.support.routing_matrix import make_frame  # noqa: E402
 
@@ -83,6 +83,17 @@ def test_pick_pair_subsample_and_anonymous():
     assert anon.models == ["expert-a", "expert-b"] and anon.model_info == {"expert-a": {}, "expert-b": {}}
     assert set(anon.task.tolist()) == {"kind-0", "kind-1", "kind-2"}
     assert np.array_equal(anon.scores, data.select_models([strong, cheap]).scores, equal_nan=True)
+
+
+def test_train_cv_reads_no_test_row_and_the_harness_folds_over_train():
+    data = RoutingData.from_frame(make_frame(n_per_task=40, seed=2))
+    cv = train_only(data)
+    train = data.rows_of("train")
+    assert len(cv) == len(train) and set(cv.split.tolist()) == {CV_SPLIT}
+    assert list(cv.qid) == [data.qid[i] for i in train]
+    plan = cv.evaluation_plan(CV_SPLIT, n_splits=3, seed=0)
+    assert plan.cross_validated and len(plan.folds) == 3
+    assert sorted(np.concatenate([val for _, val in plan.folds]).tolist()) == list(range(len(cv)))
 
 
 def test_ceiling_routed_interval_matches_the_point_and_the_oracle_closes_the_gap():
