@@ -147,10 +147,20 @@ eval: install
 # alone, the learned router's threshold sweep and the SLM-confidence and random baselines; rich
 # tables on the terminal, JSON and Markdown in var/bench/. About 80 minutes on two shared cores;
 # `python -m benchmarks.r2r --from-json var/bench/r2r.json` re-summarises a stored run in a second.
-bench-r2r: install
+# The learned router is not in the repository: it is trained here, into the data folder, when
+# missing (about 27 minutes of labelling on two cores).
+R2R_ROUTER := var/artifacts/r2r/smollm2-135m-instruct+gemma3-270m
+
+$(R2R_ROUTER): | install
+	$(BIN)/expertmux train r2r --slm smollm2-135m-instruct --llm gemma3-270m \
+		--prompts $(SHARED_DATA)/llmrouter --prompts $(SHARED_DATA)/routerdc
+
+r2r-router: $(R2R_ROUTER)
+
+bench-r2r: install $(R2R_ROUTER)
 	$(BIN)/python -m benchmarks.r2r --json $(BENCH_OUT)/r2r.json --markdown $(BENCH_OUT)/r2r.md
 
-.PHONY: bench-r2r
+.PHONY: r2r-router bench-r2r
 
 # --- seed policies: artifacts, evaluation, decision latency ------------------------------------
 # Artifacts of the learned policies for the embedded default (config/expertmux.yaml serves them),

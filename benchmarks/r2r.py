@@ -45,8 +45,8 @@ from benchmarks.r2r_report import (
     summarise,
     verdicts,
 )
-from experts.r2r import DEFAULT_ROUTER_DIR
 from experts.r2r.answers import final_answer, match_rate, prefix_match
+from experts.r2r.artifact import pair_router_dir, train_command
 from experts.r2r.engine import LLM, SLM, GenerationStats, R2REngine
 from experts.r2r.features import Proposal
 from experts.r2r.routers import ConfidenceRouter, LearnedRouter, RandomRouter, Router
@@ -136,6 +136,19 @@ def run(engine: R2REngine, cfg: Config, messages, max_tokens: int, learned: Lear
             "llm_used": st.llm_tokens > 0, "retokenized": st.slm.retokenized + st.llm.retokenized}
 
 
+def router_folder(router: Path | None, data_dir: Path, slm: str, llm: str) -> Path | None:
+    """``--router``, else the pair's router trained into the data folder; None, with the command
+    that trains it on stderr, when the data folder holds none."""
+    if router is not None:
+        return router
+    folder = pair_router_dir(data_dir, slm, llm)
+    if not folder.exists():
+        print(f"no R2R router trained for {slm} + {llm} at {folder}; train it on this machine first (about 27 min "
+              f"of labelling on 2 cores):\n  {train_command(slm, llm, out=folder)}\nor pass --router", file=sys.stderr)
+        return None
+    return folder
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", action="append", type=Path, default=None,
@@ -144,7 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="held-out split of the routing matrices")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--max-prompt-chars", type=int, default=800)
-    p.add_argument("--router", type=Path, default=DEFAULT_ROUTER_DIR)
+    p.add_argument("--router", type=Path, default=None,
+                   help="router artifact folder (default: the pair's router trained into --data-dir by `expertmux train r2r`)")
     p.add_argument("--slm", default="smollm2-135m-instruct")
     p.add_argument("--llm", default="gemma3-270m")
     p.add_argument("--targets", default="0.1,0.2,0.35,0.55,0.75", help="LLM shares the learned and confidence knobs aim at")
@@ -232,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"routing matrices not found: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    learned = LearnedRouter.load(args.router)
+    router = router_folder(args.router, args.data_dir, args.slm, args.llm)
+    if router is None:
+        return 2
+    learned = LearnedRouter.load(router)
     engine = load_local_engine(args.slm, args.llm, data_dir=args.data_dir, n_threads=args.n_threads, hidden=learned.needs_hidden)
     held_out = load_prompts(folders, split=args.split, n=args.n, seed=args.seed, max_chars=args.max_prompt_chars)
     calib = load_prompts(folders, split="train", n=args.calibration_prompts, seed=args.seed + 1, max_chars=args.max_prompt_chars)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.r2r import DEFAULT_ROUTER_DIR, REPO, calibrate, drain, run
+from benchmarks.r2r import REPO, calibrate, drain, router_folder, run
 from experts.r2r.answers import final_answer, match_rate, prefix_match
 from experts.r2r.engine import LLM
 
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run file to write (a .jsonl checkpoint sits next to it)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long (the sample stays usable)")
     p.add_argument("--check-reference", type=int, default=3, help="prompts whose LLM-alone text is re-generated and compared")
-    p.add_argument("--router", type=Path, default=DEFAULT_ROUTER_DIR)
+    p.add_argument("--router", type=Path, default=None,
+                   help="the stored run's router (default: the pair's router trained into --data-dir by `expertmux train r2r`)")
     p.add_argument("--max-prompt-chars", type=int, default=800, help="as in the stored run")
     p.add_argument("--calibration-prompts", type=int, default=12, help="as in the stored run")
     p.add_argument("--n-threads", type=int, default=2)
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stored = json.loads(args.stored.read_text())
     meta = stored["meta"]
-    learned = LearnedRouter.load(args.router)
+    router = router_folder(args.router, args.data_dir, meta["slm"], meta["llm"])
+    if router is None:
+        return 2
+    learned = LearnedRouter.load(router)
     if learned.artifact.version != meta["router_version"]:
         print(f"router {learned.artifact.version} is not the stored run's {meta['router_version']}", file=sys.stderr)
         return 2

@@ -24,7 +24,8 @@ def train_r2r_command(
     slm: str = typer.Option(..., "--slm", help="small model: packaged name (smollm2-135m-instruct), config expert or GGUF path"),
     llm: str = typer.Option(..., "--llm", help="large model: packaged name (gemma3-270m), config expert or GGUF path"),
     prompts: list[Path] = typer.Option(None, "--prompts", help="routing-matrix folder(s); their train split's prompt column"),
-    out: Path = typer.Option(None, "--out", help="artifact folder (default: <data_dir>/artifacts/r2r/<slm>+<llm>)"),
+    out: Path = typer.Option(None, "--out", help="artifact folder (default: <data_dir>/artifacts/r2r/<slm model>+<llm model>, "
+                                                   "where an r2r expert without r2r.router looks)"),
     flat: bool = typer.Option(False, "--flat", help="write the artifact into --out itself, not a version sub-folder"),
     save_labels: Path = typer.Option(None, "--save-labels", help="also keep the labelled positions here (.npz + .json)"),
     labels_from: Path = typer.Option(None, "--labels", help="fit on labels saved earlier instead of generating them"),
@@ -48,6 +49,7 @@ def train_r2r_command(
     """Label SLM tokens as divergent or neutral against the LLM, fit the router, write the artifact."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from experts.r2r.artifact import pair_router_dir
     from experts.r2r.datasets import load_prompts
     from experts.r2r.labels import LabelConfig
     from experts.r2r.pair import load_local_engine
@@ -65,7 +67,7 @@ def train_r2r_command(
         slm_model, llm_model = _model_for(slm, settings), _model_for(llm, settings)
         train_cfg = TrainConfig(hidden_units=hidden_units, use_hidden=features == "hidden", epochs=epochs,
                                 target_recall=target_recall, seed=seed)
-        target = out or settings.data_dir / "artifacts" / "r2r" / f"{Path(slm).stem}+{Path(llm).stem}"
+        target = out or pair_router_dir(settings.data_dir, slm_model, llm_model)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=console) as progress:
             tasks: dict[str, int] = {}

@@ -57,7 +57,7 @@ class R2ROptions(_Strict):
     llm: str | None = None
     slm_expert: str | None = None  # an expert of this config whose model and prices the SLM side uses
     llm_expert: str | None = None
-    router: str | None = None  # router artifact folder; default: the one shipped in experts/r2r/default_router
+    router: str | None = None  # router artifact folder; default: `<data_dir>/artifacts/r2r/<slm>+<llm>` (`expertmux train r2r`)
     threshold: float | None = Field(None, ge=0, le=1)  # hand over when the router's score ≥ this; default: the artifact's
     slm_format: str | None = None  # prompt format (smollm2, chatml, gemma, plain); default: from the model name
     llm_format: str | None = None

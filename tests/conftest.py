@@ -61,3 +61,17 @@ def fake_app_url(fake_settings):
     app = create_app(fake_settings)
     with serve_in_thread(app) as url:
         yield url, app
+
+
+@pytest.fixture(scope="session")
+def r2r_router(tmp_path_factory):
+    """A real R2R router for the local pair, trained once per session by `expertmux train r2r`
+    into a data folder of its own (tests/support/r2r_router.py)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make install builds it)")
+    pytest.importorskip("torch", reason="the ml extra is not installed")
+    from tests.support.r2r_router import train_router
+
+    prompts = SHARED_DATA / "llmrouter"
+    if not (prompts / "matrix.parquet").exists():
+        pytest.skip(f"no routing matrix at {prompts} to draw training prompts from")
+    return train_router(tmp_path_factory.mktemp("r2r-router") / "var", prompts)

@@ -9,7 +9,8 @@ Modules, one job each:
 - ``prompts``   per-model prompt templates (chat template or plain text for base models);
 - ``features``  what the router reads from the SLM's proposal;
 - ``routers``   the hand-over rules: learned MLP, SLM confidence, random, never;
-- ``artifact``  the router artifact on disk (manifest + safetensors, hashes verified);
+- ``artifact``  the router artifact on disk (manifest + safetensors, hashes verified), and where a
+                pair's router is trained to by default: ``<data_dir>/artifacts/r2r/<slm>+<llm>``;
 - ``engine``    the token-by-token generation loop over two local models;
 - ``remote``    the same loop over two OpenAI-compatible ``/v1/completions`` servers;
 - ``answers``   final-answer extraction and the comparisons used for labels and benchmarks;
@@ -18,7 +19,3 @@ Modules, one job each:
 
 Heavy imports (llama_cpp, torch) stay inside the modules that need them.
 """
-
-from pathlib import Path
-
-DEFAULT_ROUTER_DIR = Path(__file__).resolve().parent / "default_router"

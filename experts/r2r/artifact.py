@@ -3,12 +3,17 @@
 The manifest names the policy, version, hyperparameters, training-data fingerprint, metrics,
 creation time and the sha256 of each weight file. Loading checks every hash before reading a
 byte of weights and turns any problem (missing, corrupted, foreign) into one clear error.
+
+Routers are trained on the user's machine, never shipped: ``expertmux train r2r`` writes a pair's
+router into the data folder (``pair_router_dir``), where an ``r2r`` expert without
+``r2r.router`` finds it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +48,27 @@ class RouterArtifact:
     @property
     def default_threshold(self) -> float:
         return float(self.manifest.get("default_threshold", 0.5))
+
+
+def model_stem(model: str) -> str:
+    """A model's name in folder names: a packaged name as it is, a GGUF file's name without ``.gguf``."""
+    name = Path(model).name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def pair_router_dir(data_dir: str | Path, slm: str, llm: str) -> Path:
+    """The router folder of a model pair in the data folder: ``<data_dir>/artifacts/r2r/<slm>+<llm>``.
+
+    ``expertmux train r2r`` writes there unless given ``--out`` (one version sub-folder per run),
+    and an ``r2r`` expert without ``r2r.router`` reads the newest version from there."""
+    return Path(data_dir) / "artifacts" / "r2r" / f"{model_stem(slm)}+{model_stem(llm)}"
+
+
+def train_command(slm: str, llm: str, out: str | Path | None = None) -> str:
+    """The command line that trains a router for this pair (into ``out`` when given)."""
+    cmd = (f"expertmux train r2r --slm {shlex.quote(slm)} --llm {shlex.quote(llm)} "
+           "--prompts ../shared/data/llmrouter --prompts ../shared/data/routerdc")
+    return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
 
 def sha256_file(path: Path) -> str:

@@ -1,7 +1,10 @@
 """An OpenAI-compatible server exposing an R2R pair as one model (what the ``r2r`` backend runs).
 
     python -m experts.r2r.server --slm smollm2-135m-instruct --llm gemma3-270m \\
-        --router experts/r2r/default_router --port 8091 --model-alias r2r:smollm2+gemma3
+        --router var/artifacts/r2r/smollm2-135m-instruct+gemma3-270m --port 8091 --model-alias r2r:smollm2+gemma3
+
+``--router`` is a router trained on this machine by ``expertmux train r2r`` (which writes into
+the data folder, ``var/`` by default); a folder of versions serves its newest.
 
 Routes: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` (streaming or not).
 Decoding is greedy (temperature and top_p are accepted and ignored). Usage carries the R2R

@@ -1,5 +1,5 @@
 """R2R remote mode against real OpenAI-compatible servers: two ``llama_cpp.server`` processes
-(the GPU deployment would run vLLM), the shipped router, ``/v1/completions`` with logprobs."""
+(the GPU deployment would run vLLM), a router trained this session, ``/v1/completions`` with logprobs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 
 from core.config import ExpertConfig
 from experts.backends.llamacpp import LlamaCppBackend
-from experts.r2r import DEFAULT_ROUTER_DIR
 from experts.r2r.remote import RemotePair
 from experts.r2r.routers import LearnedRouter, RandomRouter
 
@@ -50,8 +49,8 @@ def _run(pair, router, max_tokens=12):
             return steps, stop.value
 
 
-def test_remote_mode_with_the_shipped_router(servers):
-    steps, stats = _run(_pair(servers), LearnedRouter.load(DEFAULT_ROUTER_DIR))
+def test_remote_mode_with_a_trained_router(servers, r2r_router):
+    steps, stats = _run(_pair(servers), LearnedRouter.load(r2r_router.folder))
     text = b"".join(s.piece for s in steps).decode()
     assert text.strip() and stats.tokens == len(steps) > 0
     assert stats.extra["slm_calls"] >= 1 and stats.extra["llm_calls"] == stats.llm_tokens

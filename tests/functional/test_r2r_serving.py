@@ -1,5 +1,8 @@
 """The R2R virtual expert end to end: the real local pair (SmolLM2-135M + Gemma-3-270M) behind the
-``r2r`` backend, served by the proxy, called with the official openai client, recorded in the ledger."""
+``r2r`` backend, served by the proxy, called with the official openai client, recorded in the ledger.
+
+The router is the one ``expertmux train r2r`` trained this session (``r2r_router`` in conftest),
+copied to its default place in each data folder: the serving configs here leave ``r2r.router`` unset."""
 
 from __future__ import annotations
 
@@ -43,10 +46,11 @@ def _experts() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def r2r_app(tmp_path_factory):
+def r2r_app(tmp_path_factory, r2r_router):
     from api.app import create_app
 
     tmp = tmp_path_factory.mktemp("r2r")
+    r2r_router.install(tmp / "var")  # where an r2r expert without r2r.router looks
     config = tmp / "expertmux.yaml"
     config.write_text(yaml.safe_dump({"experts": _experts(), "policy": {"active": "prior", "lambda": 0}}))
     settings = Settings(config=config, data_dir=tmp / "var", autostart_experts=True, supervise_interval_s=0)
@@ -71,7 +75,7 @@ def _row(app, request_id: str) -> RequestRow:
         return row
 
 
-def test_non_streaming_records_the_token_split_and_cost(r2r_app, client):
+def test_non_streaming_records_the_token_split_and_cost(r2r_app, client, r2r_router):
     _, app = r2r_app
     raw = client.chat.completions.with_raw_response.create(model=R2R, messages=QUESTION, max_tokens=24)
     resp = raw.parse()
@@ -84,7 +88,7 @@ def test_non_streaming_records_the_token_split_and_cost(r2r_app, client):
     assert row.cost_usd == pytest.approx(d["cost_usd"]) and row.cost_usd > 0
     # priced with both models: at least the SLM's prompt and every position at the SLM's prices
     assert d["cost_usd"] >= (row.prompt_tokens * 0.05 + row.completion_tokens * 0.10) / 1e6 - 1e-12
-    assert d["router"] == "learned" and "router_version" in d
+    assert d["router"] == "learned" and d["router_version"] == r2r_router.manifest["version"]
     # each model's own counts and cost: the SLM decodes every position, the LLM writes its share
     assert d["slm_output_tokens"] == row.completion_tokens and d["llm_output_tokens"] == d["llm_tokens"]
     assert d["slm_input_tokens"] == row.prompt_tokens and d["llm_input_tokens"] >= (d["llm_tokens"] > 0)
@@ -131,16 +135,43 @@ def test_a_policy_chooses_the_virtual_expert(r2r_app, client):
     assert R2R in {m.id for m in client.models.list().data}
 
 
-def test_corrupted_router_is_a_clear_startup_error(tmp_path):
+def test_the_trained_router(r2r_router):
+    """What `expertmux train r2r` wrote: a small logit-feature router (it serves remote mode too)."""
+    from experts.r2r.artifact import WEIGHTS
+    from experts.r2r.routers import LearnedRouter
+
+    router = LearnedRouter.load(r2r_router.folder)
+    assert router.artifact.path == r2r_router.path and router.artifact.version == r2r_router.manifest["version"]
+    assert 0 < router.threshold < 1 and not router.needs_hidden
+    assert (r2r_router.path / WEIGHTS).stat().st_size < 64_000
+    labels = r2r_router.manifest["data"]["labels"]
+    assert labels["prompts"] == 8 and labels["positions"] == labels["agree"] + labels["differ"]
+    assert 0 < labels["divergent"] <= labels["judged"] <= labels["differ"]
+
+
+def test_no_trained_router_is_a_clear_startup_error(tmp_path):
+    from core.config import AppConfig
+    from core.errors import BackendError
+    from experts.backends import make_backend
+
+    cfg = AppConfig.model_validate({"experts": _experts()}).experts[1]
+    with pytest.raises(BackendError) as err:
+        make_backend(cfg, data_dir=tmp_path / "var").start()
+    folder = tmp_path / "var" / "artifacts" / "r2r" / "smollm2-135m-instruct+gemma3-270m"
+    assert f"{folder} does not exist" in err.value.message
+    assert "expertmux train r2r --slm smollm2-135m-instruct --llm gemma3-270m" in err.value.message
+    assert not (tmp_path / "var" / "models").exists()  # refused before any model weights were touched
+
+
+def test_corrupted_router_is_a_clear_startup_error(tmp_path, r2r_router):
     import shutil
 
     from core.config import AppConfig
     from core.errors import BackendError
     from experts.backends import make_backend
-    from experts.r2r import DEFAULT_ROUTER_DIR
 
     broken = tmp_path / "router"
-    shutil.copytree(DEFAULT_ROUTER_DIR, broken)
+    shutil.copytree(r2r_router.path, broken)
     weights = broken / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
     cfg = AppConfig.model_validate({"experts": [{"name": "pair", "backend": "r2r", "model": "r2r",
@@ -154,8 +185,10 @@ def test_corrupted_router_is_a_clear_startup_error(tmp_path):
     assert proc.returncode == 2 and "corrupted" in proc.stderr and time.monotonic() - t0 < 30
 
 
-def test_expertmux_serve_with_the_example_config(tmp_path):
-    """`expertmux serve --config config/r2r.example.yaml`: the shipped example starts and answers."""
+def test_expertmux_serve_with_the_example_config(tmp_path, r2r_router):
+    """`expertmux serve --config config/r2r.example.yaml`: the example starts and answers once the
+    pair's router is trained into the data folder."""
+    r2r_router.install(tmp_path / "var")
     port = free_port()
     env = {**os.environ, "EXPERTMUX_DATA_DIR": str(tmp_path / "var"), "EXPERTMUX_PORT": str(port),
            "EXPERTMUX_SUPERVISE_INTERVAL_S": "0"}

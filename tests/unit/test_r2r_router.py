@@ -8,7 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from experts.r2r.artifact import MANIFEST, WEIGHTS, RouterArtifactError, load_artifact, save_artifact
+from experts.r2r.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    RouterArtifactError,
+    load_artifact,
+    pair_router_dir,
+    save_artifact,
+    train_command,
+)
 from experts.r2r.datasets import PromptItem
 from experts.r2r.engine import R2REngine
 from experts.r2r.features import N_BUCKETS, N_DENSE, Proposal, dense_features, token_bucket
@@ -142,12 +150,19 @@ def test_missing_artifact_and_foreign_weights(tmp_path):
         RouterNet(load_artifact(tmp_path / "odd").weights)
 
 
-def test_shipped_default_router_loads():
-    from experts.r2r import DEFAULT_ROUTER_DIR
-
-    router = LearnedRouter.load(DEFAULT_ROUTER_DIR)
-    assert 0 < router.threshold < 1 and not router.needs_hidden  # works in remote mode too
-    assert (DEFAULT_ROUTER_DIR / WEIGHTS).stat().st_size < 64_000
+def test_a_pairs_router_lives_in_the_data_folder(tmp_path):
+    folder = pair_router_dir(tmp_path / "var", "smollm2-135m-instruct", "/models/Gemma-3-270M.Q4_K_M.gguf")
+    assert folder == tmp_path / "var" / "artifacts" / "r2r" / "smollm2-135m-instruct+Gemma-3-270M.Q4_K_M"
+    assert pair_router_dir("var", "org/SmolLM2-1.7B-Instruct", "gemma3-270m").name == "SmolLM2-1.7B-Instruct+gemma3-270m"
+    with pytest.raises(RouterArtifactError, match="not found"):
+        load_artifact(folder)
+    # `expertmux train r2r` writes one version per run into it; readers take the newest
+    for version in ("20260101T000000Z-aaaaaaaa", "20260301T000000Z-cccccccc", "20260201T000000Z-bbbbbbbb"):
+        save_artifact(folder / version, {"w1": np.zeros((2, 2))}, {"version": version})
+    assert load_artifact(folder).version == "20260301T000000Z-cccccccc"
+    cmd = train_command("smollm2-135m-instruct", "my models/g.gguf", out=folder)
+    assert cmd.startswith("expertmux train r2r --slm smollm2-135m-instruct --llm 'my models/g.gguf' --prompts ")
+    assert cmd.endswith(f"--out {folder}")
 
 
 def test_threshold_for_recall():

@@ -168,15 +168,26 @@ def test_config_links_the_pair_to_its_experts():
 
 def test_backend_command(tmp_path):
     from experts.backends import make_backend
-    from experts.r2r import DEFAULT_ROUTER_DIR
+    from experts.r2r.artifact import save_artifact
 
     cfg = _config(slm_expert="small", llm_expert="big", threshold=0.4, mode="remote", slm_endpoint="http://a/v1",
                   llm_endpoint="http://b/v1").experts[2]
-    backend = make_backend(cfg, data_dir=tmp_path, api_key="secret")
+    data_dir = tmp_path / "var"
+    backend = make_backend(cfg, data_dir=data_dir, api_key="secret")
+    # no r2r.router: the pair's router trained into the data folder, where `expertmux train r2r` writes
+    folder = data_dir / "artifacts" / "r2r" / "smollm2-135m-instruct+gemma3-270m"
+    with pytest.raises(BackendError) as missing:
+        backend.command(9999)
+    message = missing.value.message
+    assert message.startswith("expert 'r2r:small+big': no R2R router trained for smollm2-135m-instruct + gemma3-270m")
+    assert f"{folder} does not exist" in message and "r2r.router" in message
+    assert "expertmux train r2r --slm smollm2-135m-instruct --llm gemma3-270m --prompts " in message
+    assert f"--out {folder} " in message
+    save_artifact(folder / "20260101T000000Z-aaaaaaaa", {"w1": np.zeros((2, 2))}, {"version": "1"})
     cmd = backend.command(9999)
     assert cmd[1:3] == ["-m", "experts.r2r.server"] and "secret" not in cmd
     args = dict(zip(cmd[3::2], cmd[4::2]))
-    assert args["--router"] == str(DEFAULT_ROUTER_DIR) and args["--threshold"] == "0.4" and args["--port"] == "9999"
+    assert args["--router"] == str(folder) and args["--threshold"] == "0.4" and args["--port"] == "9999"
     assert args["--slm-format"] == "smollm2" and args["--llm-format"] == "gemma" and args["--model-alias"] == "r2r:small+big"
     assert args["--llm-output-price"] == "0.2" and args["--mode"] == "remote"
     assert backend.env()["EXPERTMUX_R2R_API_KEY"] == "secret" and backend.model_id == "r2r:small+big"
