@@ -28,6 +28,8 @@ def serve(
     token_file = _local_admin_token(settings)
 
     def banner() -> None:
+        if settings.gc_freeze:
+            _freeze_startup_objects()
         lines = [
             f"\n[bold green]expertmux is ready[/] at {url}   (OpenAI base URL: {url}/v1)",
             f"experts: {', '.join(application.state.service.experts.names)}   active policy: {settings.app_config.policy.active}",
@@ -53,6 +55,16 @@ def serve(
                             access_log=False, loop="uvloop", http="httptools",
                             timeout_graceful_shutdown=settings.shutdown_grace_s)
     _draining_server(config, application.state.service).run()
+
+
+def _freeze_startup_objects() -> None:
+    """Everything alive once the proxy is up (torch, transformers, litellm, the policies) lives as
+    long as the process: without this, each full collection walks those millions of objects and
+    stops the event loop for hundreds of milliseconds under load (benchmarks/proxy_overhead.py)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _local_admin_token(settings) -> Path | None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
                                                "or file part of a message")
     features_off_loop: bool = Field(True, description="learned policies' prompt features (an encoder's forward pass) are "
                                     "computed in a worker thread, batched across requests; false: inside decide, on the event loop")
+    gc_freeze: bool = Field(True, description="`expertmux serve`: once started, move every object alive (modules, models, "
+                            "config) out of the garbage collector's reach (gc.freeze), so its full collections, which "
+                            "pause the event loop, only walk what requests allocate")
     max_attempts: int = Field(3, ge=1, description="experts tried per request (fallback before the first byte)")
     stream_resume: bool = Field(False, description="an upstream that fails mid-stream: the next expert of the ranking is "
                                 "given the partial answer and continues it in the same stream (else the stream ends "
