@@ -30,63 +30,60 @@ import orjson
 from core.errors import ExpertError, ExpertRateLimitedError, ExpertTimeoutError, InvalidRequestError
 from experts.registry import Expert
 
-# httpcore looks at every connection of a pool, with a poll() syscall per idle one, each time a
-# request asks for a connection: one pool holding N connections costs O(N) per request, and at 100
-# to 500 concurrent requests that scan was a third of the event loop's time (py-spy, issue 21).
-# Requests are spread over several small pools instead, each holding at most SHARD_CONNECTIONS.
-SHARD_CONNECTIONS = 8
-_LIMITS = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS, keepalive_expiry=30.0)
+# One connection per httpx client, and a free list of idle clients. httpcore's pool looks at
+# every connection it holds (a poll() per idle one) each time a request asks for one, and with
+# several connections per pool requests queued behind one another: at 100 concurrent requests on
+# a pool of 8 connections, 1 % of the upstream calls took 2–8 s while the median took 0.2 s
+# (benchmarks/proxy_overhead.py, docs/reliability.md). A pool of one connection has nothing to
+# scan and nothing to queue behind; the free list hands out the most recently used (warm) one.
+_LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=30.0)
 
 
 _ssl_context: ssl.SSLContext | None = None
 
 
-class _Shards:
-    """The event loop's pools and the requests each is serving now."""
+class _Clients:
+    """The event loop's single-connection clients and which of them are idle."""
 
     def __init__(self) -> None:
         self.clients: list[httpx.AsyncClient] = []
-        self.busy: list[int] = []
+        self.idle: list[int] = []
 
     def acquire(self) -> int:
-        """The least busy pool with a free connection slot (a new pool if none has one)."""
-        if self.busy:
-            i = min(range(len(self.busy)), key=self.busy.__getitem__)
-            if self.busy[i] < SHARD_CONNECTIONS:
-                self.busy[i] += 1
-                return i
+        """An idle client (the most recently released), or a new one if all are busy."""
+        if self.idle:
+            return self.idle.pop()
         global _ssl_context
-        if _ssl_context is None:  # loading the CA bundle takes tens of ms: once, not once per pool
+        if _ssl_context is None:  # loading the CA bundle takes tens of ms: once, not once per client
             _ssl_context = httpx.create_ssl_context()
         self.clients.append(httpx.AsyncClient(limits=_LIMITS, timeout=None, follow_redirects=False, verify=_ssl_context))
-        self.busy.append(1)
         return len(self.clients) - 1
 
     def release(self, i: int) -> None:
-        self.busy[i] -= 1
+        self.idle.append(i)
 
 
-_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = weakref.WeakKeyDictionary()
 
 
 @asynccontextmanager
 async def _lease() -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client with a connection slot for one upstream call."""
+    """An HTTP client with its own connection for one upstream call."""
     loop = asyncio.get_running_loop()
-    shards = _shards.get(loop)
-    if shards is None:
-        shards = _shards[loop] = _Shards()
-    i = shards.acquire()
+    clients = _clients.get(loop)
+    if clients is None:
+        clients = _clients[loop] = _Clients()
+    i = clients.acquire()
     try:
-        yield shards.clients[i]
+        yield clients.clients[i]
     finally:
-        shards.release(i)
+        clients.release(i)
 
 
 async def aclose() -> None:
     """Close this event loop's pooled connections (service shutdown)."""
-    shards = _shards.pop(asyncio.get_running_loop(), None)
-    for client in shards.clients if shards is not None else ():
+    clients = _clients.pop(asyncio.get_running_loop(), None)
+    for client in clients.clients if clients is not None else ():
         await client.aclose()
 
 
