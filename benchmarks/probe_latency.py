@@ -47,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=40)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", nargs="+", default=["auto"], help="activation weights: auto (bfloat16 where the "
+                        "CPU has native kernels, else float32), bfloat16, float32")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
 
-    from policies.activations import ActivationBackend, default_layers
+    from policies.activations import ActivationBackend, default_layers, native_dtype
     from policies.data import RoutingData
     from policies.embeddings import MiniLMBackend
     from policies.neural import single_thread
@@ -66,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = prompts[: args.batch]
     rows = []
     peers = [("MiniLM-L6 (128 word pieces)", MiniLMBackend())]
-    peers += [(f"{m} activations (blocks {default_layers(m)[0]}…{default_layers(m)[-1]}, last 64 tokens, bf16)",
-               ActivationBackend(m, default_layers(m), threads=args.threads)) for m in args.models]
+    dtypes = [native_dtype() if d == "auto" else d for d in args.dtypes]
+    peers += [(f"{m} activations (blocks {default_layers(m)[0]}…{default_layers(m)[-1]}, last 64 tokens, {d})",
+               ActivationBackend(m, default_layers(m), threads=args.threads, dtype=d)) for m in args.models for d in dtypes]
     load = os.getloadavg()[0]
     for label, backend in peers:
         if isinstance(backend, MiniLMBackend):

@@ -10,9 +10,10 @@ outcome is predicted from what it saw ("LLM Router: Prefill is All You Need", ar
   (the conversion the Router-R1 and vLLM code already use); nothing comes from a model hub.
 * Cost levers: only the blocks up to the deepest probed one run (the rest are cut off), the
   prompt is capped at ``max_tokens`` tokens (its *last* ones, so the last-token state is the
-  end of the question; the BOS token is kept), bfloat16 weights (AMX/AVX-512 kernels: 1.7× the
-  float32 speed here, pooled states at cosine 0.99998 of float32's), batches are length-sorted
-  with a token budget, torch runs on ``threads`` threads.
+  end of the question; the BOS token is kept), bfloat16 weights where the CPU computes them
+  natively (AVX-512 BF16 or AMX: 1.7× the float32 speed, pooled states at cosine 0.99998 of
+  float32's) and float32 elsewhere (``dtype="auto"``: on an AVX2-only CPU bfloat16 is emulated and
+  slower), batches are length-sorted with a token budget, torch runs on ``threads`` threads.
 * Caching: the flattened features (layer × pooling × hidden, float32) go through the shared
   text-hash cache of ``policies.embeddings`` under their own backend id (model, layers, cap),
   in small shards so an interrupted extraction resumes where it stopped.
@@ -58,6 +59,17 @@ def default_layers(model: str) -> tuple[int, ...]:
     return DEFAULT_LAYERS.get(model, (2, 4, 6, 8, 10, 12))
 
 
+def native_dtype() -> str:
+    """``bfloat16`` where the CPU has bfloat16 kernels (AVX-512 BF16, AMX), else ``float32``."""
+    import torch
+
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # a torch without the probes: assume emulation
+        native = False
+    return "bfloat16" if native else "float32"
+
+
 def backend_id(model: str, layers: Sequence[int], max_tokens: int, dtype: str = "bfloat16") -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).stem if model.endswith(".gguf") else Path(model).name)
     tag = {"bfloat16": "-bf16", "float32": ""}.get(dtype, f"-{dtype}")
@@ -68,7 +80,7 @@ class ActivationBackend:
     """``encode(texts) -> (n, len(layers) · 2 · hidden)`` from hooks on the probed blocks."""
 
     def __init__(self, model: str, layers: Sequence[int], *, max_tokens: int = DEFAULT_MAX_TOKENS, token_budget: int = 4096,
-                 threads: int = 2, dtype: str = "bfloat16") -> None:
+                 threads: int = 2, dtype: str = "auto") -> None:
         if not layers or min(layers) < 1:
             raise PolicyError(f"activation layers are 1-based block indices, got {list(layers)}")
         self.model = model
@@ -76,8 +88,8 @@ class ActivationBackend:
         self.max_tokens = int(max_tokens)
         self.token_budget = int(token_budget)
         self.threads = int(threads)
-        self.dtype = dtype
-        self.id = backend_id(model, self.layers, self.max_tokens, dtype)
+        self.dtype = native_dtype() if dtype == "auto" else dtype
+        self.id = backend_id(model, self.layers, self.max_tokens, self.dtype)
         self._tok = None
         self._net = None
         self._hidden: int | None = None
@@ -195,11 +207,12 @@ class ActivationBackend:
 
 
 def activation_encoder(model: str, layers: Sequence[int] | None = None, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-                       threads: int = 2, dtype: str = "bfloat16"):
+                       threads: int = 2, dtype: str = "auto"):
     """The shared, disk-cached ``policies.embeddings.Encoder`` of these activation features."""
     from policies.embeddings import _ENCODERS, get_encoder, register_encoder
 
     layers = tuple(layers) if layers else default_layers(model)
+    dtype = native_dtype() if dtype == "auto" else dtype
     name = backend_id(model, layers, max_tokens, dtype)
     if name not in _ENCODERS:
         register_encoder(name, lambda: ActivationBackend(model, layers, max_tokens=max_tokens, threads=threads, dtype=dtype))

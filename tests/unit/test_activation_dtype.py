@@ -1,0 +1,21 @@
+"""Activation features use bfloat16 only where the CPU computes it natively."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from policies.activations import backend_id, native_dtype  # noqa: E402
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(False, False, "float32"), (True, False, "bfloat16"),
+                                                              (False, True, "bfloat16")])
+def test_auto_picks_bfloat16_only_with_native_kernels(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_dtype() == expected
+
+
+def test_the_cache_keeps_features_of_each_dtype_apart():
+    assert backend_id("smollm2-135m-instruct", (3, 18), 64, "bfloat16") != backend_id("smollm2-135m-instruct", (3, 18), 64, "float32")
