@@ -31,13 +31,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def run(args) -> dict:
     from benchmarks.routing_stats import resample_weights
     from policies import create_policy
-    from policies.activations import configure_activations
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
     from policies.evaluation.harness import EvalConfig, lambda_grid, references
+    from policies.features import configure_feature_stores
 
-    configure_encoders(cache_dir=args.cache_dir)
-    configure_activations(data_dir=args.cache_dir.parent.parent)
+    configure_feature_stores(data_dir=args.cache_dir.parent.parent, cache_dir=args.cache_dir)  # var/cache/embeddings → var
     data = RoutingData.load(args.data)
     train = data.subset(data.rows_of("train"))
     ev = data.subset(data.rows_of(args.split))

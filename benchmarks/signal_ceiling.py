@@ -159,13 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.routing_stats import resample_weights
-    from policies.activations import configure_activations
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
-    from policies.features import impute_targets
+    from policies.features import configure_feature_stores, impute_targets
 
-    configure_encoders(cache_dir=args.cache_dir)
-    configure_activations(data_dir=args.cache_dir.parent.parent)
+    configure_feature_stores(data_dir=args.cache_dir.parent.parent, cache_dir=args.cache_dir)  # var/cache/embeddings → var
     data = RoutingData.load(args.data)
     train = data.subset(data.rows_of("train"))
     folds = train.grouped_folds(args.folds, seed=0)

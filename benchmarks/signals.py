@@ -59,13 +59,11 @@ def parse_entries(entries: list[str]) -> tuple[list[str], dict[str, dict]]:
 
 
 def run(args) -> dict:
-    from policies.activations import configure_activations
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
     from policies.evaluation.harness import EvalConfig, Hooks, evaluate
+    from policies.features import configure_feature_stores
 
-    configure_encoders(cache_dir=args.cache_dir)
-    configure_activations(data_dir=args.cache_dir.parent.parent)
+    configure_feature_stores(data_dir=args.cache_dir.parent.parent, cache_dir=args.cache_dir)  # var/cache/embeddings → var
     data = subsample(RoutingData.load(args.data), parse_sample(args.sample))
     split = args.split
     if args.cv:  # train rows only, K-fold grouped cross-validation

@@ -180,12 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cli.eval import _parse_params
-    from policies.activations import configure_activations
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
 
-    configure_encoders(cache_dir=args.cache_dir)
-    configure_activations(data_dir=args.cache_dir.parent.parent)
+    configure_feature_stores(data_dir=args.cache_dir.parent.parent, cache_dir=args.cache_dir)  # var/cache/embeddings → var
     args.params = _parse_params(args.param)
     policies = [p for p in args.policies.split(",") if p]
     results = []

@@ -84,9 +84,9 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
     from policies.evaluation.harness import EvalConfig, Hooks, evaluate
     from policies.evaluation.report import markdown, print_report
+    from policies.features import configure_feature_stores
     from policies.registry import BASELINES, SEED_POLICIES
 
     try:
@@ -94,7 +94,7 @@ def eval_command(
         if names == ["seed"]:
             names = [*BASELINES, *SEED_POLICIES]
         settings = load_settings(config)
-        configure_encoders(cache_dir=cache_dir or settings.data_dir / "cache" / "embeddings")
+        configure_feature_stores(data_dir=settings.data_dir, cache_dir=cache_dir)
         matrix = RoutingData.load(data)
         cfg = EvalConfig(split=split, encoder=encoder, n_lambdas=n_lambdas, n_folds=folds, seed=seed,
                          policy_params=_parse_params(param))

@@ -57,12 +57,12 @@ def run_train(policy: str, hyper: dict[str, Any], opts: dict[str, Any], *, out: 
               config: Path | None) -> None:
     """``expertmux train <policy> --ledger``: the training set from logged traffic, a new version."""
 
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
     from policies.logged_training import train_logged
 
     try:
         settings = load_settings(config)
-        configure_encoders(cache_dir=cache_dir or settings.data_dir / "cache" / "embeddings")
+        configure_feature_stores(data_dir=settings.data_dir, cache_dir=cache_dir)
         url, logged, info = _load(settings, opts["db"], since=opts["since"], until=opts["until"],
                                   min_feedback=opts["min_feedback"], sources=_sources(opts["sources"]))
         if not len(logged):
@@ -125,12 +125,12 @@ def run_eval(*, policy: str, artifact: Path | None, db: str | None, since: str |
     """``expertmux eval --ledger --policy NAME``: IPS / SNIPS / DR estimates with intervals."""
     import json
 
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
     from policies.logged_eval import evaluate_logged
 
     try:
         settings = load_settings(config)
-        configure_encoders(cache_dir=cache_dir or settings.data_dir / "cache" / "embeddings")
+        configure_feature_stores(data_dir=settings.data_dir, cache_dir=cache_dir)
         url, logged, info = _load(settings, db, since=since, until=until, min_feedback=min_feedback,
                                   sources=_sources(sources))
         candidate = _candidate(policy, artifact, settings, info)

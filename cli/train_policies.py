@@ -82,12 +82,12 @@ def _run(policy: str, hyper: dict[str, Any], *, data: Path, out: Path | None, ev
          cache_dir: Path | None, config: Path | None, extra: list[str]) -> None:
 
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
     from policies.training import train_policy
 
     try:
         settings = load_settings(config)
-        configure_encoders(cache_dir=cache_dir or settings.data_dir / "cache" / "embeddings")
+        configure_feature_stores(data_dir=settings.data_dir, cache_dir=cache_dir)
         matrix = RoutingData.load(data)
         params = {**hyper, **_parse_params(extra)}
         target = out or settings.data_dir / "policies" / policy

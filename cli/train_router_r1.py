@@ -139,14 +139,14 @@ def run_eval(*, data: Path, artifact: Path | None, models: str | None, split: st
     """The router (trained, and its untrained start) vs query-level policies, in the matrix env."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
     from policies.router_r1.evaluate import eval_rows, evaluate_query_policies, evaluate_router, load_matrix_env, markdown_table
     from policies.router_r1.lm import ensure_hf_model, load_model
     from policies.router_r1.train import TrainConfig, verify_router_artifact
 
     try:
         settings = load_settings(config)
-        configure_encoders(cache_dir=settings.data_dir / "cache" / "embeddings")
+        configure_feature_stores(data_dir=settings.data_dir)
         manifest: dict = {}
         adapter = None
         if artifact is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,17 @@ class Part:
     name: str  # encoder name, or the probed model
     layer: int = 0
     pooling: str = "mean"
+
+
+def configure_feature_stores(*, data_dir: str | Path, cache_dir: str | Path | None = None) -> None:
+    """Where prompt features live, for a composition root (CLI command, benchmark): the encoders'
+    disk cache (``cache_dir``, default ``<data_dir>/cache/embeddings``) and the models converted
+    for activation probes (``<data_dir>/models``)."""
+    from policies.activations import configure_activations
+    from policies.embeddings import configure_encoders
+
+    configure_encoders(cache_dir=cache_dir or Path(data_dir) / "cache" / "embeddings")
+    configure_activations(data_dir=data_dir)
 
 
 def parse_spec(spec: str) -> list[Part]:

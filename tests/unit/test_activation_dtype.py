@@ -1,4 +1,4 @@
-"""Activation features use bfloat16 only where the CPU computes it natively."""
+"""Activation features: bfloat16 only where the CPU computes it natively; where their stores live."""
 
 from __future__ import annotations
 
@@ -19,3 +19,19 @@ def test_auto_picks_bfloat16_only_with_native_kernels(monkeypatch, avx512_bf16, 
 
 def test_the_cache_keeps_features_of_each_dtype_apart():
     assert backend_id("smollm2-135m-instruct", (3, 18), 64, "bfloat16") != backend_id("smollm2-135m-instruct", (3, 18), 64, "float32")
+
+
+def test_one_call_places_both_feature_stores_in_the_data_folder(tmp_path):
+    from policies import activations, embeddings
+    from policies.features import configure_feature_stores
+
+    before = (embeddings._CACHE_DIR[0], activations._DATA_DIR[0])
+    try:
+        configure_feature_stores(data_dir=tmp_path)
+        assert embeddings._CACHE_DIR[0] == tmp_path / "cache" / "embeddings"
+        assert activations._data_dir() == tmp_path  # converted models: <data_dir>/models
+        configure_feature_stores(data_dir=tmp_path, cache_dir=tmp_path / "elsewhere")
+        assert embeddings._CACHE_DIR[0] == tmp_path / "elsewhere"
+    finally:
+        embeddings.configure_encoders(cache_dir=before[0])
+        activations.configure_activations(data_dir=before[1])
