@@ -201,10 +201,11 @@ class GraphRouterPolicy(EmbeddingPolicy):
         for epoch in range(self.epochs):
             draw = rng.random(len(fit_rows))
             targets = fit_rows[draw < self.target_share]
-            # a random share of the other queries sends messages this epoch (neighbour sampling)
-            dropped = fit_rows[draw >= self.target_share + (1 - self.target_share) * self.message_share]
+            # a random share of the other queries sends messages this epoch (neighbour sampling);
+            # the hold-out never does, and is not scored here either
+            dropped = np.r_[fit_rows[draw >= self.target_share + (1 - self.target_share) * self.message_share], val_rows]
             unseen = [int(rng.choice(seen))] if len(seen) > 1 and rng.random() < self.unseen_llm_prob else []
-            batch = training_graph(self._nodes(), np.r_[targets, val_rows], oof, unseen, dropped, self.top_tasks)
+            batch = training_graph(self._nodes(), targets, oof, unseen, dropped, self.top_tasks)
             self.net_.train()
             hs = self.net_.layers(*batch)
             t = torch.as_tensor(targets)
