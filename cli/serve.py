@@ -28,8 +28,6 @@ def serve(
     token_file = _local_admin_token(settings)
 
     def banner() -> None:
-        if settings.gc_freeze:
-            _freeze_startup_objects()
         lines = [
             f"\n[bold green]expertmux is ready[/] at {url}   (OpenAI base URL: {url}/v1)",
             f"experts: {', '.join(application.state.service.experts.names)}   active policy: {settings.app_config.policy.active}",
@@ -45,10 +43,15 @@ def serve(
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
 
+    def on_ready() -> None:
+        if settings.gc_freeze:
+            _freeze_startup_objects()
+        banner()
+
     _check_port_free(settings.host, settings.port)
     try:
         console.print(f"starting expertmux with {settings.config} …")
-        application = create_app(settings, on_ready=banner)
+        application = create_app(settings, on_ready=on_ready)
     except ExpertmuxError as exc:
         fail(exc)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
