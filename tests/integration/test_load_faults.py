@@ -18,7 +18,7 @@ def test_100_clients_for_60s_with_an_expert_killed_and_restarted():
     report = run(clients=100, duration=60, kill_at=20, sigterm_at=None)
     print(report)
     assert report.sent >= 100
-    assert report.not_reached == 0
+    assert report.not_reached == 0 and report.cut == 0
     assert report.failed_no_candidate == 0  # SmolLM2 stayed up: every request had a candidate
     assert report.answered + report.failed_mid_stream == report.sent
     assert report.failed_mid_stream <= report.clients // 2  # only streams that were mid-way at the kill
@@ -33,7 +33,7 @@ def test_sigterm_under_load_loses_no_row():
     assert report.reached >= report.clients  # every client had a request in flight at the SIGTERM
     assert report.failed_no_candidate == 0 and report.failed_mid_stream == 0
     assert report.answered + report.failed_shutdown == report.reached
-    assert report.ledger_rows == report.reached
+    assert report.rows_accounted, "a request answered with a status has no row, or rows exceed answered + cut"
 
 
 def test_sigterm_with_a_short_grace_fails_in_flight_requests_cleanly():
@@ -41,4 +41,5 @@ def test_sigterm_with_a_short_grace_fails_in_flight_requests_cleanly():
     print(report)
     assert report.failed_shutdown > 0  # 1 s cannot drain 30 queued requests on 2 cores
     assert set(report.statuses) <= {"200", "503"} and report.failed_mid_stream == 0
-    assert report.ledger_rows == report.reached
+    # A connection cut at the deadline may have been read (row) or not (no row): both are sound.
+    assert report.rows_accounted, "a request answered with a status has no row, or rows exceed answered + cut"
