@@ -34,6 +34,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -109,6 +110,37 @@ def measure_latency(gen: LoadGen, direct: Target, proxies: list[Target], stream:
         }
 
 
+def loop_lag_buckets(target: Target) -> dict[float, float] | None:
+    """expertmux's event-loop lag histogram (cumulative count per upper bound), or None elsewhere."""
+    if not target.key.startswith("expertmux"):
+        return None
+    try:
+        with urllib.request.urlopen(target.base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("expertmux_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[math.inf if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+def lag_summary(deltas: list[dict[float, float]]) -> dict | None:
+    """Merge per-run histogram deltas: the share of 50 ms ticks that woke more than 0.1 / 0.5 s late and
+    the bucket bound under which 99 % fell (the loop's own tail, outside any one request)."""
+    if not deltas:
+        return None
+    merged = {le: sum(d.get(le, 0.0) for d in deltas) for le in deltas[0]}
+    total = merged.get(math.inf, 0.0)
+    if not total:
+        return None
+    p99 = next(le for le in sorted(merged) if merged[le] >= 0.99 * total)
+    return {"ticks": int(total), "over_100ms": round(1 - merged.get(0.1, 0.0) / total, 4),
+            "over_500ms": round(1 - merged.get(0.5, 0.0) / total, 4), "p99_le_s": None if p99 == math.inf else p99}
+
+
 def measure_throughput(gen: LoadGen, targets: list[Target], args: argparse.Namespace) -> None:
     """Closed loop at each concurrency level; every level runs ``--rounds`` times per target, interleaved.
 
@@ -124,7 +156,11 @@ def measure_throughput(gen: LoadGen, targets: list[Target], args: argparse.Names
             for t in _rotated(targets, r):
                 quiesce(t.service)
                 cpu0 = t.service.cpu_seconds() if t.service else 0.0
+                lag0 = loop_lag_buckets(t)
                 run = gen.run(t, False, c, seconds, histogram=True)
+                lag1 = loop_lag_buckets(t)
+                if lag0 and lag1:
+                    run["loop_lag"] = {le: lag1[le] - lag0.get(le, 0.0) for le in lag1}
                 run["drain_s"] = round(quiesce(t.service), 2)
                 run["cpu_s"] = (t.service.cpu_seconds() - cpu0) if t.service else 0.0
                 runs.setdefault((t.key, c), []).append(run)
@@ -148,6 +184,7 @@ def measure_throughput(gen: LoadGen, targets: list[Target], args: argparse.Names
                 "p99_ms": percentile(hist, 99) / 1000 if hist else None,
                 "errors": {k: sum(run["errors"][k] for run in rs) for k in rs[0]["errors"]},
                 "cpu_ms_per_request": 1000 * sum(run["cpu_s"] for run in rs) / served if requests else None,
+                "loop_lag": lag_summary([run.pop("loop_lag") for run in rs if "loop_lag" in run]),
             })
         ok = [lv for lv in levels if lv["error_rate"] < MAX_ERROR_RATE and lv["requests"] > 0]
         best = max(ok, key=lambda lv: lv["rps"]) if ok else None

@@ -137,8 +137,10 @@ def _tail_table(doc: dict, live: list) -> tuple[str, list[str], list[list[str]]]
                 row.append("–")
                 continue
             failed = {k: v for k, v in (lv.get("errors") or {}).items() if v}
+            lag = lv.get("loop_lag")
+            lag_txt = (f"; loop lag > 0.1 s in {100 * lag['over_100ms']:.1f} % of ticks" if lag else "")
             row.append(f"{lv['p50_ms']:.0f} / {lv['p99_ms']:.0f} ms (×{lv['p99_ms'] / max(lv['p50_ms'], 1e-9):.1f}); "
-                       + (", ".join(f"{v} {k}" for k, v in failed.items()) or "0 failed"))
+                       + (", ".join(f"{v} {k}" for k, v in failed.items()) or "0 failed") + lag_txt)
         rows.append(row)
     return "Latency under load: p50 / p99 (p99 ÷ p50) and failed requests", header, rows
 

@@ -55,7 +55,7 @@ def serve(
     except ExpertmuxError as exc:
         fail(exc)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, loop="uvloop", http="httptools",
+                            access_log=False, loop=settings.event_loop, http="httptools",
                             timeout_graceful_shutdown=settings.shutdown_grace_s)
     _draining_server(config, application.state.service).run()
 

@@ -114,7 +114,7 @@ class Runtime:
             for name, status in started.items():
                 log.info("expert %s: %s", name, status)
         await asyncio.to_thread(client.warm_up)
-        tasks = []
+        tasks = [asyncio.create_task(self._watch_loop_lag())]
         if settings.autostart_experts and settings.supervise_interval_s:
             tasks.append(asyncio.create_task(self._supervise(settings.supervise_interval_s)))
         if any(e.config.backend == "vllm" for e in service.experts):
@@ -148,6 +148,15 @@ class Runtime:
         await client.aclose()
         await asyncio.to_thread(service.experts.stop_local)
         service.ledger.engine.dispose()
+
+    async def _watch_loop_lag(self, interval_s: float = 0.05) -> None:
+        """Sleep a fixed time and record how late the loop woke up: the wait any callback (an
+        accepted connection, a request's body, an answer's bytes) had at that moment."""
+        loop, lag = asyncio.get_running_loop(), self.service.metrics.loop_lag
+        while True:
+            due = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            lag.observe(max(0.0, loop.time() - due))
 
     async def _scrape_load(self, interval_s: float = 1.0) -> None:
         """Poll servers that expose their own queue (vLLM /metrics) for load-aware routing."""

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 OTHER = "other"
 NONE = "-"  # the request never got that far (e.g. rejected before routing)
 STATUSES = frozenset({"ok", "error", "rejected", "client_disconnected"})
@@ -59,6 +60,9 @@ class Metrics:
         self.expert_up = Gauge("expertmux_expert_up", "1 if the expert answers its health check", ["expert"], registry=r)
         self.ledger_pending = Gauge("expertmux_ledger_pending_rows", "Ledger rows waiting to be written", registry=r)
         self.ledger_written = Gauge("expertmux_ledger_rows_written", "Ledger rows written since start", registry=r)
+        self.loop_lag = Histogram("expertmux_event_loop_lag_seconds",
+                                  "How late a timer on the event loop fired: time every request waits before it is read",
+                                  buckets=_LAG_BUCKETS, registry=r)
         # Until ``bind`` names the deployment's values, only the fixed ones pass.
         self.model_label = LabelValues()
         self.policy_label = LabelValues(["direct"])

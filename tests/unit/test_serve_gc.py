@@ -1,4 +1,5 @@
-"""`expertmux serve` moves what is alive at start-up out of the collector's reach, unless told not to."""
+"""`expertmux serve` moves what is alive at start-up out of the collector's reach, unless told not to,
+and runs on the event loop the settings name."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ def served(monkeypatch, tmp_path):
         state = types.SimpleNamespace(service=types.SimpleNamespace(experts=types.SimpleNamespace(names=[])))
         return types.SimpleNamespace(state=state, on_ready=on_ready)
 
+    loops = []
+
     class FakeServer:
         def __init__(self, config, service):
             self.on_ready = config.app.on_ready
+            loops.append(config.loop)
 
         def run(self):
             self.on_ready()
@@ -38,6 +42,7 @@ def served(monkeypatch, tmp_path):
         try:
             result = CliRunner().invoke(app, ["serve", "--no-experts", "--port", "18999", *args])
             assert result.exit_code == 0, result.output
+            run.loop = loops[-1]
             return gc.get_freeze_count()
         finally:
             gc.unfreeze()
@@ -52,3 +57,12 @@ def test_serve_freezes_start_up_objects_once_ready(served):
 def test_the_freeze_can_be_switched_off(served, monkeypatch):
     monkeypatch.setenv("EXPERTMUX_GC_FREEZE", "false")
     assert served() == 0
+
+
+def test_serve_runs_on_asyncios_loop_unless_told_otherwise(served, monkeypatch):
+    # uvloop left a burst of new connections waiting behind the open ones (docs/reliability.md)
+    served()
+    assert served.loop == "asyncio"
+    monkeypatch.setenv("EXPERTMUX_EVENT_LOOP", "uvloop")
+    served()
+    assert served.loop == "uvloop"
