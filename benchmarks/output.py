@@ -17,3 +17,12 @@ def write_text(path: Path | None, text: str) -> None:
 
 def write_json(path: Path | None, data: Any, *, indent: int = 1) -> None:
     write_text(path, json.dumps(data, indent=indent))
+
+
+def publish(lines: list[str], data: Any, *, json_path: Path | None, markdown_path: Path | None) -> str:
+    """Print a benchmark's Markdown table and keep it, and its raw figures, where asked."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_json(json_path, data)
+    write_text(markdown_path, text)
+    return text

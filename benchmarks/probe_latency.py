@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.output import write_json, write_text
+from benchmarks.output import publish
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['features']} | {r['single_p50_ms']:.1f} | {r['single_p90_ms']:.1f} | {r['p90_at_512_tokens_ms']:.1f} | "
                      f"{r['batched_per_s']:.1f} |")
     lines.append(f"| ridge head alone (1,152 features × 9 experts) | {head_single_ms:.3f} | | | {head_rate:,.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    write_json(args.json, out)
-    write_text(args.markdown, text)
+    publish(lines, out, json_path=args.json, markdown_path=args.markdown)
     return 0
 
 

@@ -37,7 +37,7 @@ def eval_command(
     json_out: Path = typer.Option(None, "--json", help="write the full report as JSON here"),
     plot_out: Path = typer.Option(None, "--plot", help="write the cost–quality plot (PNG) here"),
     markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown here"),
-    encoder: str = typer.Option("minilm", "--encoder", help="query encoder of learned policies: minilm | minilm-256 | hashing"),
+    encoder: str = typer.Option("minilm", "--encoder", help="learned policies' query encoder: minilm | minilm-int8 | minilm-256 | hashing"),
     n_lambdas: int = typer.Option(200, "--lambdas", min=100, help="log-spaced λ values in the sweep (plus λ=0)"),
     folds: int = typer.Option(5, "--folds", min=2, help="cross-validation folds when the set has no train split"),
     seed: int = typer.Option(0, "--seed"),

