@@ -35,3 +35,19 @@ def test_one_call_places_both_feature_stores_in_the_data_folder(tmp_path):
     finally:
         embeddings.configure_encoders(cache_dir=before[0])
         activations.configure_activations(data_dir=before[1])
+
+
+def test_the_served_service_places_converted_models_in_its_data_folder(tmp_path):
+    from core.settings import PROJECT_ROOT, Settings
+    from policies import activations
+    from router.runtime import build_service
+
+    before = activations._DATA_DIR[0]
+    try:
+        activations.configure_activations(data_dir=None)
+        assert activations._data_dir() == PROJECT_ROOT / "var"
+        service = build_service(Settings(data_dir=tmp_path, config=PROJECT_ROOT / "config" / "expertmux.yaml"))
+        assert activations._data_dir() == tmp_path
+        service.ledger.engine.dispose()
+    finally:
+        activations.configure_activations(data_dir=before)
