@@ -49,7 +49,10 @@ def _start(settings, world, out, log):
     cmd = [sys.executable, "-m", "cli", "calibrate", "-c", str(settings.config), "-s", f"jsonl:{world.prompts}",
            "-o", str(out), "-n", str(N), "-k", str(CONCURRENCY)]
     env = {**os.environ, "EXPERTMUX_DATA_DIR": str(settings.data_dir), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Ctrl-C as in a terminal: a test run started in the background (`make test &`, nohup) hands its
+    # children SIGINT ignored, and Python then never turns SIGINT into KeyboardInterrupt.
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc, cells, count, what):
