@@ -153,3 +153,21 @@ def test_unseen_paired_differences_vanish_for_identical_choices():
     out = paired(variants, ev, ["a"], 100, 0)
     assert out["b"]["vs"]["a"]["ci"] == (0.0, 0.0) and "a" not in out["a"]["vs"]
     assert out["c"]["vs"]["a"]["ci"][1] < 0
+
+
+def test_probe_curve_table_marks_the_lowest_cv_mse(tmp_path):
+    import json
+
+    from benchmarks.probe_curve import read_curve, table
+
+    curve = {"3:mean": {"cv_mse": 0.17, "cv_routed_quality": 0.64, "alpha": 1.0, "fisher": 1.2, "effective_dim": 50.0},
+             "3:both": {"cv_mse": 0.16, "cv_routed_quality": 0.65, "alpha": 3.0},
+             "12:mean": {"cv_mse": 0.18, "cv_routed_quality": 0.63, "alpha": 1.0, "fisher": 1.1, "effective_dim": 40.0},
+             "category_heads": {"cv_mse": 0.15, "cv_routed_quality": 0.66}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"hyperparameters": {"probe_model": "m"},
+                                                        "state": {"state": {"curve": curve}}}))
+    model, read = read_curve(tmp_path)
+    assert model == "m" and set(read) == {"3:mean", "3:both", "12:mean"}  # per-layer entries only
+    rows = table([(model, read)])[2:]
+    assert [r.split(" | ")[1:3] for r in rows] == [["3", "both"], ["3", "mean"], ["12", "mean"]]  # by block
+    assert "**0.1600**" in rows[0] and rows[1].count("**") == 0
