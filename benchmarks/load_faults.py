@@ -113,11 +113,11 @@ async def client_loop(url: str, stop_at: float, report: LoadReport, latencies: l
                 else:
                     r = await http.post("/v1/chat/completions", json=body)
                     status = r.status_code
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):
                 report.not_reached += 1
                 await asyncio.sleep(0.2)
                 continue
-            except (httpx.RemoteProtocolError, httpx.ReadError):
+            except httpx.TransportError:  # connected, then closed, reset or timed out without an answer
                 report.cut += 1
                 await asyncio.sleep(0.2)
                 continue

@@ -60,6 +60,7 @@ from benchmarks.proxy_services import (
     start_upstream,
     wait_ready,
 )
+from core.settings import Settings
 
 MAX_ERROR_RATE = 0.01
 
@@ -309,6 +310,8 @@ def run(args: argparse.Namespace) -> dict:
                      "max_error_rate": MAX_ERROR_RATE, "proxy_log_level": args.proxy_log_level,
                      "request_body": json.loads(Target("x", "x", "", "MODEL").body(False)),
                      "auth": args.auth,
+                     # expertmux's server loop: what the environment sets, else the setting's default
+                     "expertmux_event_loop": os.environ.get("EXPERTMUX_EVENT_LOOP") or Settings.model_fields["event_loop"].default,
                      "litellm_proxy": "litellm --config CFG --num_workers 1 (uvicorn + uvloop), "
                                       + ("master key, " if args.auth == "on" else "no key, ")
                                       + "no database, no callbacks, LITELLM_LOG=" + args.proxy_log_level.upper()},

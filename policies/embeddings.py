@@ -117,7 +117,7 @@ class MiniLMBackend:
 
 def _quantise_linear_layers(module) -> None:
     """int8 weights with one scale per output channel, activations quantised per batch (torch's
-    dynamic quantisation): about twice the float32 speed on a CPU; vectors move (cosine to float32
+    dynamic quantisation): about 1.5x the float32 speed on a CPU; vectors move (cosine to float32
     ~0.98 on routing prompts: benchmarks/encoder_ceiling.py), so a policy trained on one type is
     not served with the other (the encoder id differs)."""
     import warnings
@@ -132,7 +132,7 @@ def _quantise_linear_layers(module) -> None:
 
 _BACKENDS: dict[str, Callable[[], object]] = {
     "minilm": MiniLMBackend,
-    "minilm-int8": lambda: MiniLMBackend(int8=True),  # ~2x faster on CPU; its own vectors and cache
+    "minilm-int8": lambda: MiniLMBackend(int8=True),  # ~1.5x faster on CPU; its own vectors and cache
     "minilm-256": lambda: MiniLMBackend(max_seq_length=256),  # the package's default length
     "hashing": HashingBackend,
 }

@@ -36,6 +36,17 @@ def remote_expert(name: str, url: str, **extra) -> dict:
             "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 10, **extra}
 
 
+@pytest.fixture(autouse=True)
+def _activation_models_folder():
+    """A service built by a test points converted activation models at its tmp data folder (a
+    process-wide setting, as in `expertmux serve`); the next test starts from the default again."""
+    from policies import activations
+
+    before = activations._DATA_DIR[0]
+    yield
+    activations._DATA_DIR[0] = before
+
+
 @pytest.fixture
 def upstreams():
     """Two fake OpenAI-compatible experts on real ports: 'cheap' and 'strong'."""

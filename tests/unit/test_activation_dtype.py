@@ -38,16 +38,18 @@ def test_one_call_places_both_feature_stores_in_the_data_folder(tmp_path):
 
 
 def test_the_served_service_places_converted_models_in_its_data_folder(tmp_path):
-    from core.settings import PROJECT_ROOT, Settings
+    from core.settings import PROJECT_ROOT
     from policies import activations
     from router.runtime import build_service
+    from tests.conftest import make_settings, remote_expert
 
     before = activations._DATA_DIR[0]
     try:
         activations.configure_activations(data_dir=None)
         assert activations._data_dir() == PROJECT_ROOT / "var"
-        service = build_service(Settings(data_dir=tmp_path, config=PROJECT_ROOT / "config" / "expertmux.yaml"))
-        assert activations._data_dir() == tmp_path
+        settings = make_settings(tmp_path, [remote_expert("a", "http://127.0.0.1:9")])
+        service = build_service(settings)
+        assert activations._data_dir() == settings.data_dir
         service.ledger.engine.dispose()
     finally:
         activations.configure_activations(data_dir=before)
