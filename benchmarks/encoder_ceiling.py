@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from policies.data import RoutingData
     from policies.embeddings import MiniLMBackend
@@ -80,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     train, test = data.subset(data.split == "train"), data.subset(data.split == "test")
     rng = np.random.default_rng(0)
     timed = [test.prompts[i] for i in rng.permutation(len(test))[: args.prompts]]
-    base = SentenceTransformer(str(MiniLMBackend.model_dir()), device="cpu")
-    base.max_seq_length = 128
-    lengths = np.array([min(128, len(base.tokenizer(p)["input_ids"])) for p in timed])
+    base = MiniLMBackend()._load()  # the ``minilm`` encoder as served (word pieces cut at its max_seq_length)
+    lengths = np.array([min(base.max_seq_length, len(base.tokenizer(p)["input_ids"])) for p in timed])
     flops = float(flops_per_prompt(lengths).mean())
     load = os.getloadavg()[0]
 

@@ -120,11 +120,11 @@ def loop_lag_buckets(target: Target) -> dict[float, float] | None:
             text = r.read().decode()
     except OSError:
         return None
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("expertmux_event_loop_lag_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[math.inf if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {float(s.labels["le"]): s.value  # float("+Inf") is math.inf
+           for family in text_string_to_metric_families(text) if family.name == "expertmux_event_loop_lag_seconds"
+           for s in family.samples if s.name.endswith("_bucket")}
     return out or None
 
 
