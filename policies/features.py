@@ -34,11 +34,11 @@ def configure_feature_stores(*, data_dir: str | Path, cache_dir: str | Path | No
     """Where prompt features live, for a composition root (CLI command, benchmark): the encoders'
     disk cache (``cache_dir``, default ``<data_dir>/cache/embeddings``) and the models converted
     for activation probes (``<data_dir>/models``)."""
-    from policies.activations import configure_activations
     from policies.embeddings import configure_encoders
+    from policies.model_home import configure_model_home
 
     configure_encoders(cache_dir=cache_dir or Path(data_dir) / "cache" / "embeddings")
-    configure_activations(data_dir=data_dir)
+    configure_model_home(data_dir=data_dir)
 
 
 def parse_spec(spec: str) -> list[Part]:
@@ -58,12 +58,13 @@ def parse_spec(spec: str) -> list[Part]:
     return parts
 
 
-def activation_matrix(model: str, prompts: Sequence[str], *, max_tokens: int = 64) -> tuple[np.ndarray, tuple[int, ...], int]:
+def activation_matrix(model: str, prompts: Sequence[str], *, max_tokens: int = 64,
+                      dtype: str = "auto") -> tuple[np.ndarray, tuple[int, ...], int]:
     """All cached probe-layer features of ``model`` for the prompts: (X, layers, hidden)."""
     from policies.activations import activation_encoder, default_layers
 
     layers = default_layers(model)
-    enc = activation_encoder(model, layers, max_tokens=max_tokens)
+    enc = activation_encoder(model, layers, max_tokens=max_tokens, dtype=dtype)
     return enc.encode(list(prompts)), layers, int(enc.backend.hidden)
 
 

@@ -13,6 +13,10 @@ with two label-free-of-routing diagnostics per layer: Fisher separability (Δμ�
 queries an expert gets right and wrong, top 64 principal components) and effective
 dimensionality (participation ratio of the feature spectrum).
 
+``dtype`` picks the probed model's weights (``auto``, ``float32``, ``bfloat16``, ``int8``: see
+``policies.activations``); the artifact keeps it, so a probe is served on the features it was
+fitted on.
+
 ``conditioning="category"`` adds Tryage's structure on top: a category posterior from the
 sentence embedding (task labels, or clusters) mixes ridge heads fitted on each category's rows,
 so the probe's features only have to tell queries apart *within* a kind of query.
@@ -59,6 +63,7 @@ class ProbePolicy(Policy):
         alphas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
         select_by: str = "mse",
         max_tokens: int = 64,
+        dtype: str = "auto",
         cv_folds: int = 5,
         encoder: str = "minilm",
         random_state: int = 0,
@@ -71,6 +76,7 @@ class ProbePolicy(Policy):
         self.alphas = alphas
         self.select_by = select_by
         self.max_tokens = max_tokens
+        self.dtype = dtype
         self.cv_folds = cv_folds
         self.encoder = encoder
         self.random_state = random_state
@@ -83,9 +89,16 @@ class ProbePolicy(Policy):
         return np.hstack([B, E]) if E is not None else B
 
     def _features(self, prompts: Sequence[str]) -> np.ndarray:
-        X, _, _ = activation_matrix(self.probe_model, prompts, max_tokens=self.max_tokens)
-        E = self._embedding(prompts) if self.with_embedding else None
-        return self._block(X, E, self.layer_, self.pooling_)
+        """The chosen block's features. Prompts whose probe-layer features are all cached (training,
+        evaluation) read them; otherwise (served prompts) only the blocks up to the chosen one run."""
+        from policies.activations import activation_encoder, default_layers, feature_block
+
+        layers = default_layers(self.probe_model)
+        if activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype).missing(prompts):
+            layers = (self.layer_,)
+        enc = activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
+        B = feature_block(enc.encode(list(prompts)), layers, self.hidden_, self.layer_, self.pooling_)
+        return np.hstack([B, self._embedding(prompts)]) if self.with_embedding else B
 
     def _embedding(self, prompts: Sequence[str]) -> np.ndarray:
         from policies.embeddings import get_encoder
@@ -100,7 +113,7 @@ class ProbePolicy(Policy):
             raise PolicyError(f"probe: conditioning must be 'none' or 'category', got {self.conditioning!r}")
         if self.pooling not in ("auto", *POOLING_CHOICES):
             raise PolicyError(f"probe: pooling must be 'auto' or one of {POOLING_CHOICES}, got {self.pooling!r}")
-        X, layers, hidden = activation_matrix(self.probe_model, train.prompts, max_tokens=self.max_tokens)
+        X, layers, hidden = activation_matrix(self.probe_model, train.prompts, max_tokens=self.max_tokens, dtype=self.dtype)
         self.layers_, self.hidden_ = tuple(int(x) for x in layers), int(hidden)
         E = self._embedding(train.prompts) if self.with_embedding else None
         scores = train.scores

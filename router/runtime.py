@@ -16,7 +16,7 @@ from core.settings import Settings
 from experts import client
 from experts.breaker import STATE_VALUE
 from experts.registry import ExpertRegistry
-from policies.activations import configure_activations
+from policies.model_home import configure_model_home
 from router.access.budgets import BudgetGuard
 from router.access.estimate import ReservationEstimator, TokenBounds
 from router.access.keys import key_store
@@ -41,7 +41,7 @@ def build_service(settings: Settings) -> RoutingService:
     secrets = {e.name: settings.secret(e.api_key_env) for e in cfg.experts}
     experts = ExpertRegistry(cfg.experts, data_dir=settings.data_dir, secrets=secrets,
                              breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s)
-    configure_activations(data_dir=settings.data_dir)  # a probe policy converts its model under the data folder
+    configure_model_home(data_dir=settings.data_dir)  # models derived for the policies live under the data folder
     policies = PolicySet(cfg.policy, experts.infos())
     engine = make_engine(settings.resolved_database_url)
     spool = LedgerSpool(settings.data_dir / "spool", capacity_bytes=settings.ledger_spool_bytes) if settings.ledger_spool_bytes else None

@@ -40,11 +40,11 @@ def remote_expert(name: str, url: str, **extra) -> dict:
 def _activation_models_folder():
     """A service built by a test points converted activation models at its tmp data folder (a
     process-wide setting, as in `expertmux serve`); the next test starts from the default again."""
-    from policies import activations
+    from policies import model_home
 
-    before = activations._DATA_DIR[0]
+    before = model_home._DATA_DIR[0]
     yield
-    activations._DATA_DIR[0] = before
+    model_home._DATA_DIR[0] = before
 
 
 @pytest.fixture

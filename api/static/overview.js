@@ -20,9 +20,10 @@
   }
 
   async function draw() {
-    const [data, cascades] = await Promise.all([EM.api(`/overview?hours=${range.value}&buckets=48`),
-      EM.api(`/cascades?hours=${range.value}`)]);
+    const [data, cascades, timing] = await Promise.all([EM.api(`/overview?hours=${range.value}&buckets=48`),
+      EM.api(`/cascades?hours=${range.value}`), EM.api(`/routing-time?hours=${range.value}`)]);
     drawCascades(cascades);
+    drawRoutingTime(timing);
     const ts = data.timeseries, b = ts.buckets;
     const t = b.map((x) => EM.localTime(x.t));
     const total = data.experts.total;
@@ -109,6 +110,21 @@
         { head: "time of the discarded steps, median over escalated requests (the first byte waits for every step)" }],
       ["p95", (p) => EM.msShort(p.added_latency_p95_ms), "num", { head: "time of the discarded steps, p95 over escalated requests" }],
     ], c.policies, { empty: "No cascade requests in this range" });
+  }
+
+  // Routing time per policy: the wait for the prompt's features, and the decision itself.
+  function drawRoutingTime(t) {
+    const ms = (x) => (x !== null && x !== undefined && x < 10 ? x.toFixed(2) + " ms" : EM.msShort(x));  // decisions take well under 1 ms
+    EM.table(document.getElementById("routing-time-table"), [
+      ["policy", (p) => p.policy || "(none)", "name"],
+      ["requests", (p) => EM.count(p.requests), "num", { title: (p) => `${p.requests.toLocaleString()} (percentiles over the newest ${p.sampled.toLocaleString()})` }],
+      ["features p50", (p) => ms(p.features_p50_ms), "num", { head: "time waiting for the prompt's features (off the event loop), median" }],
+      ["p95", (p) => ms(p.features_p95_ms), "num", { head: "time waiting for the prompt's features, p95" }],
+      ["decision p50", (p) => ms(p.decide_p50_ms), "num", { head: "the policy's decision on the event loop, median" }],
+      ["p95", (p) => ms(p.decide_p95_ms), "num", { head: "the policy's decision, p95" }],
+      ["total p50", (p) => ms(p.total_p50_ms), "num", { head: "features and decision, median" }],
+      ["p95", (p) => ms(p.total_p95_ms), "num", { head: "features and decision, p95" }],
+    ], t.policies, { empty: "No routed requests in this range" });
   }
 
   // The tick step depends on the chart's width: pick it again when the window is resized.

@@ -105,9 +105,13 @@ class RoutingService:
             ctx = trace.route = await self.over_time.prepare(req, key) if self.over_time is not None else None
             trace.session_id = ctx.session_key if ctx is not None else None
             routed = self._policy_for(req.model)
+            waited = time.perf_counter()
             if routed is not None and self.settings.features_off_loop:
                 await self.features.warm(routed[1], prompt)
+            waited = time.perf_counter() - waited
             trace.decision = self._route(req, prompt, routed, ctx)
+            if trace.decision.timing is not None:
+                trace.decision.timing["features_ms"] = round(waited * 1e3, 3)
             if self.cascade.serves(trace.decision):  # a cascade policy: its steps run in router/request/cascade.py
                 outcome = await self.cascade.serve(trace, req, prompt, key)
                 streaming = outcome.stream is not None
@@ -209,7 +213,9 @@ class RoutingService:
             decision = ctx.adjust(decision, route_req, unavailable)
         if self.policies.explorer is not None:  # last: the logged propensities are those of the final draw
             decision = self.policies.explorer.apply(decision)
-        self.metrics.decision.labels(name).observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.metrics.decision.labels(name).observe(took)
+        decision.timing = {"decide_ms": round(took * 1e3, 3)}
         return decision
 
     def _candidates(self, trace: RequestTrace) -> list[Expert]:

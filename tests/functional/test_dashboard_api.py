@@ -159,3 +159,39 @@ def test_cascades_and_over_time_routes(tmp_path, upstreams):
         assert http.get("/sessions", params={"hours": 24}).json()["enabled"] is False
         shadow = http.get("/shadow").json()
         assert shadow["enabled"] is False and shadow["live"] is None and shadow["candidates"] == []
+
+
+def test_routing_time_per_policy_from_the_decisions_in_the_ledger(tmp_path, upstreams):
+    """Each routed request records how long it waited for its features and for the decision;
+    /routing-time reads p50/p95 per policy from the ledger; a named expert is not routed."""
+    from api.app import create_app
+    from policies.embeddings import configure_encoders
+    from policies.training import train_policy
+    from tests.unit.test_policy_registry import PARAMS, _matrix
+
+    configure_encoders(cache_dir=None)
+    knn = train_policy("knn", _matrix(False), params=PARAMS, out=tmp_path / "artifacts" / "knn").path
+    experts = [remote_expert("cheap", upstreams["cheap"][1]), remote_expert("strong", upstreams["strong"][1])]
+    app = create_app(make_settings(tmp_path, experts, {"active": "prior", "lambda": 0, "options": {
+        "knn": {"artifact": str(knn), "expert_map": MAP}}}, admin_token=ADMIN))
+    with serve_in_thread(app) as url, httpx.Client(base_url=f"{url}/admin/api", headers=AUTH) as http:
+        assert http.get("/routing-time", params={"hours": 1}).json()["policies"] == []
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
+        ids = []
+        for i, model in enumerate(["expertmux/knn"] * 5 + ["expertmux/prior"] * 3 + ["cheap"]):
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": f"compute the sum of {i} and {i + 1}"}])
+            ids.append(raw.headers["x-expertmux-request-id"])
+        assert app.state.service.ledger.flush(10)
+        with Session(app.state.service.ledger.engine) as s:
+            timing = {s.get(RequestRow, i).policy: s.get(RequestRow, i).decision.get("timing") for i in ids}
+        assert timing["direct"] is None  # a named expert: nothing was routed
+        assert timing["knn"]["decide_ms"] > 0 and timing["knn"]["features_ms"] > 0
+        by = {p["policy"]: p for p in http.get("/routing-time", params={"hours": 1}).json()["policies"]}
+        assert set(by) == {"knn", "prior"}
+        assert (by["knn"]["requests"], by["prior"]["requests"]) == (5, 3)
+        for p in by.values():
+            assert 0 < p["decide_p50_ms"] <= p["decide_p95_ms"] and p["total_p50_ms"] >= p["decide_p50_ms"]
+            assert p["features_p50_ms"] >= 0
+        assert http.get("/routing-time", params={"hours": 0}).status_code == 400
+        assert httpx.get(f"{url}/admin/api/routing-time").status_code == 401

@@ -75,6 +75,11 @@ def test_overview_charts_render(page):
     rows = page.locator("#experts-table tbody tr")
     assert rows.count() == 3
     assert "57 requests" in page.inner_text("#ov-total")
+    timing = page.locator("#routing-time-table tbody tr")  # 42 routed by the prior; 14 named an expert
+    timing.first.wait_for()
+    assert timing.count() == 1
+    cells = timing.first.locator("td").all_inner_texts()
+    assert cells[:2] == ["prior", "42"] and all(c.endswith("ms") for c in cells[2:])
     _shot(page, "dashboard-overview.png")
 
 

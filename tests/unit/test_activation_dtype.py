@@ -22,34 +22,34 @@ def test_the_cache_keeps_features_of_each_dtype_apart():
 
 
 def test_one_call_places_both_feature_stores_in_the_data_folder(tmp_path):
-    from policies import activations, embeddings
+    from policies import embeddings, model_home
     from policies.features import configure_feature_stores
 
-    before = (embeddings._CACHE_DIR[0], activations._DATA_DIR[0])
+    before = (embeddings._CACHE_DIR[0], model_home._DATA_DIR[0])
     try:
         configure_feature_stores(data_dir=tmp_path)
         assert embeddings._CACHE_DIR[0] == tmp_path / "cache" / "embeddings"
-        assert activations._data_dir() == tmp_path  # converted models: <data_dir>/models
+        assert model_home.models_dir() == tmp_path / "models"  # converted and distilled models
         configure_feature_stores(data_dir=tmp_path, cache_dir=tmp_path / "elsewhere")
         assert embeddings._CACHE_DIR[0] == tmp_path / "elsewhere"
     finally:
         embeddings.configure_encoders(cache_dir=before[0])
-        activations.configure_activations(data_dir=before[1])
+        model_home.configure_model_home(data_dir=before[1])
 
 
 def test_the_served_service_places_converted_models_in_its_data_folder(tmp_path):
     from core.settings import PROJECT_ROOT
-    from policies import activations
+    from policies import model_home
     from router.runtime import build_service
     from tests.conftest import make_settings, remote_expert
 
-    before = activations._DATA_DIR[0]
+    before = model_home._DATA_DIR[0]
     try:
-        activations.configure_activations(data_dir=None)
-        assert activations._data_dir() == PROJECT_ROOT / "var"
+        model_home.configure_model_home(data_dir=None)
+        assert model_home.data_dir() == PROJECT_ROOT / "var"
         settings = make_settings(tmp_path, [remote_expert("a", "http://127.0.0.1:9")])
         service = build_service(settings)
-        assert activations._data_dir() == settings.data_dir
+        assert model_home.models_dir() == settings.data_dir / "models"
         service.ledger.engine.dispose()
     finally:
-        activations.configure_activations(data_dir=before)
+        model_home.configure_model_home(data_dir=before)

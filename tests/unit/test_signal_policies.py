@@ -127,6 +127,18 @@ def test_probe_picks_the_informative_layer_and_routes_well(data):
     assert np.allclose(q.predict_quality(ev.prompts), p.predict_quality(ev.prompts))
 
 
+def test_a_served_probe_runs_only_the_blocks_up_to_its_layer(data, monkeypatch):
+    train, ev = split(data)
+    p = create_policy("probe", probe_model=FAKE, cv_folds=4).fit(train)
+    calls = []
+    real = FakeBackend.encode
+    monkeypatch.setattr(FakeBackend, "encode", lambda self, texts: calls.append(self.layers) or real(self, texts))
+    p.predict_quality(train.prompts[:5])  # fitted on: every probe layer is cached, nothing runs
+    assert calls == []
+    p.predict_quality(ev.prompts[:5])  # new prompts: the deepest block run is the chosen one
+    assert calls == [(INFORMATIVE,)]
+
+
 def test_probe_fixed_layer_and_bad_options(data):
     train, _ = split(data)
     p = create_policy("probe", probe_model=FAKE, layer=2, pooling="mean", alphas=(1.0,)).fit(train)
