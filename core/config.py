@@ -171,6 +171,8 @@ class AutoLearnConfig(_Strict):
     source: str = "default"  # default | jsonl:PATH | ledger: the prompts calibration grades
     limit: int | None = Field(120, gt=0)  # prompts (stratified by skill); None: the whole source
     policy: str = "knn"  # the learned policy trained on the calibration matrix
+    # each cross-validated on the matrix's train rows; the best by aiq is trained in place of ``policy``
+    candidates: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)  # chosen among by train-row CV: NAME or {NAME: params}
     out: str = "var/calibration/own"  # the calibration folder (relative: against the project root)
     min_gain: float = -1e-9  # aiq gain over the prior needed to promote; just below 0 = not worse
     budget_usd: float | None = Field(None, ge=0)  # stop calibrating before spending more (hosted experts)

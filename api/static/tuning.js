@@ -168,6 +168,7 @@
   const STAGES = {
     waiting: ["run", (j) => `The job starts in a moment: the proxy takes its first requests before it begins.`],
     calibrating: ["run", (j, a) => `Asking ${names(j.experts)} the graded prompts and grading every answer. The proxy keeps serving ${a} meanwhile.`],
+    choosing: ["run", (j) => `Cross-validating the candidate policies on the calibration matrix's train rows: the best is trained.`],
     training: ["run", (j) => `Training ${j.policy} on how the experts answered (the calibration matrix below).`],
     gating: ["run", (j, a) => `Comparing the trained ${j.policy} with ${a} on held-out prompts: it is swapped in only if it is not worse.`],
     serving: ["good", (j, a) => a === j.policy
@@ -338,6 +339,21 @@
     if (details.lambda !== undefined) parts.push(`at λ = ${details.lambda}`);
     if (inc) parts.push(`against ${inc}`);
     $("al-gate-details").textContent = parts.length ? "Compared " + parts.join(", ") + "." : "";
+    renderCandidates(job);
+  }
+
+  // Which learned policy was trained: every candidate's cross-validated aiq on the train rows.
+  function renderCandidates(job) {
+    const rows = job.candidates || [];
+    const table = $("al-candidates-table");
+    table.hidden = !rows.length;
+    $("al-candidates-note").hidden = !rows.length;
+    const params = (r) => Object.entries(r.params || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    EM.table(table, [
+      ["candidate", (r) => r.policy + (params(r) ? ` (${params(r)})` : ""), "name"],
+      ["cv aiq", (r) => (r.cv_aiq === undefined ? "–" : r.cv_aiq.toFixed(4)), "num", { title: (r) => r.error || "" }],
+      ["", (r) => (r.error ? "could not be fitted" : r.policy === job.policy ? "trained" : ""), "name"],
+    ], rows);
   }
 
   // ---- the calibration matrix -------------------------------------------------------------------

@@ -3,7 +3,8 @@
 While the proxy serves with the configured policy (the hand-set ``prior`` by default), the job
 (1) calibrates the configured experts on a graded prompt set (``router.calibration``: resumable,
 every finished cell on disk), (2) trains the configured learned policy on that matrix with no
-``expert_map`` (its models are the experts, by name), (3) compares it with the served policy on
+``expert_map`` (its models are the experts, by name) — or, given ``candidates``, the one of them
+with the best cross-validated aiq on the matrix's train rows (``router.lifecycle.candidates``) — (3) compares it with the served policy on
 the matrix's held-out split through the promotion gate (``BenchmarkGate``: not worse on the
 cost–quality frontier and at the served λ), and (4) if it passes, registers and promotes the
 version and swaps it in as the active policy without a restart; requests in flight finish on the
@@ -35,13 +36,14 @@ log = logging.getLogger("expertmux.autolearn")
 class AutoLearnStatus:
     """What the dashboard shows: the stage, calibration progress, and the outcome with its reason."""
 
-    stage: str = "waiting"  # waiting | calibrating | training | gating | serving | refused | failed | stopped
+    stage: str = "waiting"  # waiting | calibrating | choosing | training | gating | serving | refused | failed | stopped
     policy: str | None = None
     version: str | None = None
     artifact: str | None = None
     matrix: str | None = None
     experts: list[str] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # each candidate's cross-validated aiq
     gate: dict[str, Any] | None = None
     message: str = ""
     started_at: float | None = None
@@ -60,7 +62,7 @@ class AutoLearn:
         self.cfg, self.settings, self.policies, self.experts, self.engine = cfg, settings, policies, experts, engine
         out = Path(cfg.out)
         self.out = out if out.is_absolute() else PROJECT_ROOT / out
-        self.artifacts = Path(settings.data_dir) / "policies" / "autolearn" / cfg.policy
+        self.policy, self.params = cfg.policy, {}  # the candidate chosen by cross-validation, when there are several
         self._status = AutoLearnStatus(policy=cfg.policy, matrix=str(self.out), experts=sorted(experts.names))
         self._last_logged = 0.0
 
@@ -105,14 +107,17 @@ class AutoLearn:
             return False  # never run, or the experts changed: calibrate (new columns only)
         st = self._status
         if state.get("stage") == "serving" and state.get("artifact") and Path(state["artifact"]).exists():
-            await asyncio.to_thread(self.policies.reload, self.cfg.policy, state["artifact"])
-            self.policies.tune(active=self.cfg.policy)
+            self.policy = st.policy = state.get("policy") or self.cfg.policy
+            await asyncio.to_thread(self.policies.reload, self.policy, state["artifact"])
+            self.policies.tune(active=self.policy)
             st.stage, st.version, st.artifact, st.gate = "serving", state.get("version"), state["artifact"], state.get("gate")
-            st.message = f"serving {self.cfg.policy} {st.version}, promoted by an earlier run"
+            st.candidates = state.get("candidates") or []
+            st.message = f"serving {self.policy} {st.version}, promoted by an earlier run"
             log.info("autolearn: %s", st.message)
             return True
         if state.get("stage") == "refused" and state.get("matrix_rows") == self._matrix_rows():
-            st.stage, st.gate = "refused", state.get("gate")
+            self.policy = st.policy = state.get("policy") or self.cfg.policy
+            st.stage, st.gate, st.candidates = "refused", state.get("gate"), state.get("candidates") or []
             st.message = "an earlier run's candidate was refused on this calibration; calibrate more prompts to retry"
             return True
         return False
@@ -143,12 +148,28 @@ class AutoLearn:
         from policies.training import train_policy
 
         st = self._status
-        st.stage, st.message = "training", f"training {self.cfg.policy} on the calibration matrix"
-        log.info("autolearn: %s", st.message)
         data = await asyncio.to_thread(RoutingData.load, self.out)
-        result = await asyncio.to_thread(train_policy, self.cfg.policy, data, out=self.artifacts, eval_split="test")
+        if self.cfg.candidates:
+            await self._choose(data)
+        st.stage, st.message = "training", f"training {self.policy} on the calibration matrix"
+        log.info("autolearn: %s", st.message)
+        artifacts = Path(self.settings.data_dir) / "policies" / "autolearn" / self.policy
+        result = await asyncio.to_thread(train_policy, self.policy, data, params=self.params, out=artifacts, eval_split="test")
         st.artifact = str(result.path)
         return result.path
+
+    async def _choose(self, data) -> None:
+        """Cross-validate the candidates on the train rows; the best is trained and gated."""
+        from router.lifecycle.candidates import choose_by_cv, parse_candidates
+
+        st = self._status
+        candidates = parse_candidates(self.cfg.candidates)
+        st.stage = "choosing"
+        st.message = f"cross-validating {', '.join(n for n, _ in candidates)} on the calibration matrix's train rows"
+        log.info("autolearn: %s", st.message)
+        (self.policy, self.params), st.candidates = await asyncio.to_thread(choose_by_cv, data, candidates)
+        st.policy = self.policy
+        log.info("autolearn: chose %s %s by cross-validation: %s", self.policy, self.params, st.candidates)
 
     async def _gate_and_swap(self, path: Path) -> None:
         from router.lifecycle import registry
@@ -160,14 +181,14 @@ class AutoLearn:
         gate = BenchmarkGate(self.out, split="test", lambda_=self.policies.default_lambda, min_gain=self.cfg.min_gain,
                              fallback_incumbent=served)
         provenance = {"source": "autolearn", "calibration": str(self.out), "reason": "trained on the experts' own calibration"}
-        version = await asyncio.to_thread(registry.register, self.engine, self.cfg.policy, path, provenance=provenance,
+        version = await asyncio.to_thread(registry.register, self.engine, self.policy, path, provenance=provenance,
                                           actor="autolearn")
         st.version = version
-        current = await asyncio.to_thread(registry.active, self.engine, self.cfg.policy)
+        current = await asyncio.to_thread(registry.active, self.engine, self.policy)
         if current is not None and current.version == version:  # the same artifact was promoted before
             st.gate = {"action": "promote", "reason": f"{version} is already the active version"}
         else:
-            outcome = await asyncio.to_thread(registry.promote, self.engine, self.cfg.policy, version, gate=gate,
+            outcome = await asyncio.to_thread(registry.promote, self.engine, self.policy, version, gate=gate,
                                               actor="autolearn")
             st.gate = {**(outcome.gate or {}), "action": outcome.action, "reason": outcome.reason, "previous": outcome.previous}
         if st.gate["action"] != "promote":
@@ -176,11 +197,11 @@ class AutoLearn:
             log.info("autolearn: %s", st.message)
             self._write_state()
             return
-        await asyncio.to_thread(self.policies.reload, self.cfg.policy, path)
+        await asyncio.to_thread(self.policies.reload, self.policy, path)
         previous = self.policies.active_name
-        self.policies.tune(active=self.cfg.policy)
+        self.policies.tune(active=self.policy)
         st.stage = "serving"
-        st.message = f"serving {self.cfg.policy} {version} instead of {previous}: {st.gate['reason']}"
+        st.message = f"serving {self.policy} {version} instead of {previous}: {st.gate['reason']}"
         log.info("autolearn: %s", st.message)
         self._write_state()
 
@@ -202,7 +223,8 @@ class AutoLearn:
     def _write_state(self) -> None:
         st = self._status
         state = {"stage": st.stage, "policy": st.policy, "version": st.version, "artifact": st.artifact,
-                 "experts": st.experts, "gate": st.gate, "matrix_rows": self._matrix_rows(), "written_at": time.time()}
+                 "experts": st.experts, "candidates": st.candidates, "gate": st.gate, "matrix_rows": self._matrix_rows(),
+                 "written_at": time.time()}
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2, default=str))

@@ -31,7 +31,7 @@ ADMIN = "autolearn-admin-token"
 PRIOR = {"math": 0.5, "words": 0.5, "big": 0.8}  # the hand-set prior sends everything to the dear generalist
 
 
-def _settings(world: World, tmp_path, *, enabled: bool = True) -> Settings:
+def _settings(world: World, tmp_path, *, enabled: bool = True, **autolearn) -> Settings:
     experts = []
     for name, url in world.urls.items():
         pin, pout = PRICES[name]
@@ -39,7 +39,7 @@ def _settings(world: World, tmp_path, *, enabled: bool = True) -> Settings:
                                      prior_quality=PRIOR[name], description=f"simulated expert {name}"))
     cfg = {"experts": experts, "policy": {"active": "prior", "lambda": 0},
            "autolearn": {"enabled": enabled, "source": f"jsonl:{world.prompts}", "limit": None, "policy": "knn",
-                         "out": str(tmp_path / "calibration"), "start_delay_s": 0.5}}
+                         "out": str(tmp_path / "calibration"), "start_delay_s": 0.5, **autolearn}}
     path = tmp_path / "expertmux.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return Settings(config=path, data_dir=tmp_path / "var", autostart_experts=False, registry_poll_s=0,
@@ -131,3 +131,26 @@ def test_the_config_switch_turns_the_job_off(tmp_path):
         assert app.state.runtime.autolearn is None
         settings = _settings(world, tmp_path)
         assert create_app(settings.model_copy(update={"autolearn": False})).state.runtime.autolearn is None
+
+
+def test_autolearn_trains_the_candidate_that_cross_validates_best(tmp_path):
+    from api.app import create_app
+
+    with World(tmp_path) as world:
+        app = create_app(_settings(world, tmp_path, candidates=["knn", {"tryage": {"random_state": 1}}]))
+        job = app.state.runtime.autolearn
+        with serve_in_thread(app) as url:
+            status = _wait_for(job, {"serving", "refused", "failed"})
+            assert status["stage"] in ("serving", "refused"), status
+            table = status["candidates"]
+            assert [(r["policy"], r["params"]) for r in table] == [("knn", {}), ("tryage", {"random_state": 1})]
+            best = max(table, key=lambda r: r["cv_aiq"])  # both fit on these rows
+            assert status["policy"] == best["policy"]
+            if status["stage"] == "serving":
+                assert app.state.service.policies.active_name == best["policy"]
+            board = httpx.get(f"{url}/admin/api/autolearn", headers={"authorization": f"Bearer {ADMIN}"}).json()
+            assert board["job"]["candidates"] == table
+        app2 = create_app(_settings(world, tmp_path, candidates=["knn", {"tryage": {"random_state": 1}}]))
+        with serve_in_thread(app2):  # a restart serves the chosen candidate's promoted version again
+            again = _wait_for(app2.state.runtime.autolearn, {"serving", "refused", "failed"}, timeout_s=120)
+            assert (again["stage"], again["policy"]) == (status["stage"], status["policy"])

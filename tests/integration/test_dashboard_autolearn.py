@@ -72,6 +72,8 @@ VIEW = """() => {
     gateShown: shown("al-gate-table"), gateHead: texts("#al-gate-table thead th"),
     gateRows: [...document.querySelectorAll("#al-gate-table tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)),
     gateDetails: $("al-gate-details").textContent,
+    candidatesShown: shown("al-candidates-table"),
+    candidateRows: [...document.querySelectorAll("#al-candidates-table tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)),
     expertRows: [...document.querySelectorAll("#al-matrix-experts tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)),
     summary: $("al-matrix-summary").textContent,
     heatShown: shown("al-heat"), heatEmpty: shown("al-heat-empty") ? $("al-heat-empty").innerText : null,
@@ -322,7 +324,10 @@ def test_refused_and_failed_read_in_words(browser, idle, viewport):
     vp = f"{viewport['width']}x{viewport['height']}"
     base = {"policy": "knn", "version": "v2-5e1f", "artifact": "/var/policies/autolearn/knn/v2", "matrix": "/var/calibration/own",
             "experts": ["big", "math", "words"], "progress": {}, "started_at": 1.7e9, "finished_at": 1.7e9 + 95}
-    refused = {**base, "stage": "refused", "message": f"kept prior: {REFUSED_REASON}",
+    candidates = [{"policy": "knn", "params": {}, "cv_aiq": 0.6011},
+                  {"policy": "probe", "params": {"conditioning": "category", "dtype": "int8"}, "cv_aiq": 0.5987},
+                  {"policy": "graphrouter", "params": {}, "error": "too few rows"}]
+    refused = {**base, "stage": "refused", "message": f"kept prior: {REFUSED_REASON}", "candidates": candidates,
                "gate": {"passed": False, "reason": REFUSED_REASON, "rows": REFUSED_ROWS, "action": "refuse", "previous": None,
                         "details": {"gate": "benchmark", "data": "/var/calibration/own", "split": "test", "lambda": 0.0,
                                     "incumbent_artifact": "policy:prior", "n_queries": 36}}}
@@ -337,6 +342,9 @@ def test_refused_and_failed_read_in_words(browser, idle, viewport):
         worse = page.eval_on_selector_all("#al-gate-table td.delta", "tds => tds.map((td) => td.className)")
         assert worse == ["num delta worse", "num delta worse"]  # lower aiq, higher cost: both worse
         assert "No calibration matrix" in view["heatEmpty"]
+        assert view["candidatesShown"] and view["candidateRows"] == [
+            ["knn", "0.6011", "trained"], ["probe (conditioning=category, dtype=int8)", "0.5987", ""],
+            ["graphrouter", "–", "could not be fitted"]]
         assert_no_overflow(page, f"own experts, refused, {vp}")
         shot(page, f"{vp}-own-experts-refused.png")
 
@@ -346,5 +354,6 @@ def test_refused_and_failed_read_in_words(browser, idle, viewport):
         view = page.evaluate(VIEW)
         assert view["stage"] == "failed" and view["message"] == failed["message"]
         assert "keeps serving prior" in view["explain"] and view["verdictWords"] == "the job ended before the gate"
+        assert not view["candidatesShown"]  # a job without candidates trains its one policy
         assert page.get_attribute("#al-stage", "class") == "badge bad"
         assert_no_overflow(page, f"own experts, failed, {vp}")
