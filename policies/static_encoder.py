@@ -1,4 +1,4 @@
-"""A static sentence encoder distilled from the packaged MiniLM: ~50× its speed on a CPU.
+"""A static sentence encoder distilled from the packaged MiniLM: no transformer pass at serving time.
 
 A static encoder has one vector per word piece; a prompt's vector is the weighted mean of its word
 pieces' vectors, with no transformer pass at serving time (model2vec). The vectors are made from
@@ -9,9 +9,10 @@ data folder (about a minute on 2 cores, on first use: ``expertmux train`` does i
 proxy serves the policy): the result is kept in ``<data_dir>/models/<id>`` and reused by every
 process that shares that folder.
 
-Its vectors are not MiniLM's, so it has its own id and cache, and a policy trained on it is
-served with it (``encoder="minilm-static"``); routing quality against MiniLM is measured in
-benchmarks/SIGNALS.md §15.
+On 2 AVX2 cores it encodes one prompt in 3.5 ms (MiniLM: 25 ms) and about 6,900 prompts/s batched
+on one thread (MiniLM: 37). Its vectors are not MiniLM's, so it has its own id and cache, and a
+policy trained on it is served with it (``encoder="minilm-static"``); speed and routing quality
+against MiniLM: benchmarks/SIGNALS.md §15.
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ class StaticBackend:
         self._lock = threading.Lock()
 
     def model_dir(self) -> Path:
-        if self._model_dir is None:
-            self._model_dir = model_home.models_dir() / self.id
-        return self._model_dir
+        return self._model_dir if self._model_dir is not None else model_home.models_dir() / self.id
 
     def _load(self):
         with self._lock:  # two first decisions at once distil once

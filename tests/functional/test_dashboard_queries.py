@@ -246,3 +246,65 @@ def test_cascade_escalations_per_policy_on_postgres():
         seed_cascades(engine)
         check_cascades(engine)
         engine.dispose()
+
+
+# -- routing time per policy ------------------------------------------------------------------------
+def seed_routing_times(engine) -> None:
+    """knn: 5 routed requests in the window with known timings, one outside it; prior: 2; a
+    request that named its expert (no timing)."""
+    from router.ledger.writer import LedgerWriter
+    from tests.support.cascade_ledger import plain_record
+
+    def timed(rid, hours, policy, features_ms, decide_ms):
+        r = plain_record(rid, END - timedelta(hours=hours), policy, "small")
+        r.request["decision"]["timing"] = {"features_ms": features_ms, "decide_ms": decide_ms}
+        return r
+
+    records = [timed(f"k{i}", 1 + i, "knn", f, d) for i, (f, d) in enumerate([(30, 0.4), (10, 0.2), (50, 0.6),
+                                                                               (20, 0.3), (40, 0.5)])]
+    records += [timed("old", 30, "knn", 900, 9.0), timed("p1", 2, "prior", 0.01, 0.3), timed("p2", 3, "prior", 0.02, 0.1),
+                plain_record("direct", END - timedelta(hours=4), "direct", "small")]
+    writer = LedgerWriter(engine)
+    writer.start()
+    for r in records:
+        writer.submit(r)
+    assert writer.flush(30)
+    writer.close()
+
+
+def check_routing_times(engine) -> None:
+    from router.dashboard.routing_time import routing_time
+
+    out = routing_time(engine, Window(END - timedelta(hours=24), END))
+    assert [(p["policy"], p["requests"]) for p in out["policies"]] == [("knn", 5), ("prior", 2)]
+    knn, prior = out["policies"]
+    # nearest rank over 5: p50 is the 3rd smallest, p95 the largest
+    assert (knn["features_p50_ms"], knn["features_p95_ms"], knn["decide_p50_ms"], knn["decide_p95_ms"]) == (30, 50, 0.4, 0.6)
+    assert (knn["total_p50_ms"], knn["total_p95_ms"]) == (30.4, 50.6)
+    assert (prior["features_p50_ms"], prior["decide_p50_ms"], prior["decide_p95_ms"]) == (0.01, 0.1, 0.3)
+    assert routing_time(engine, Window(END - timedelta(hours=48), END - timedelta(hours=40)))["policies"] == []
+
+
+def test_routing_time_per_policy(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    seed_routing_times(engine)
+    check_routing_times(engine)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_routing_time_per_policy_on_postgres():
+    """The decision's JSON path and cast in PostgreSQL's dialect."""
+    from tests.support.postgres import pg_bin, postgres_cluster
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
+    with postgres_cluster() as url:
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        seed_routing_times(engine)
+        check_routing_times(engine)
+        engine.dispose()
