@@ -218,13 +218,17 @@ def check_cascades(engine) -> None:
                     "requests": 0, "policies": []}
 
 
-def test_cascade_escalations_per_policy(tmp_path):
+def on_sqlite(tmp_path, seed, check) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(url)
     engine = make_engine(url)
-    seed_cascades(engine)
-    check_cascades(engine)
+    seed(engine)
+    check(engine)
     engine.dispose()
+
+
+def test_cascade_escalations_per_policy(tmp_path):
+    on_sqlite(tmp_path, seed_cascades, check_cascades)
 
 
 def test_a_ledger_without_cascades_has_none(ledger):
@@ -236,6 +240,11 @@ def test_a_ledger_without_cascades_has_none(ledger):
 @pytest.mark.slow
 def test_cascade_escalations_per_policy_on_postgres():
     """The JSON paths and casts of the cascade query in PostgreSQL's dialect."""
+    on_postgres(seed_cascades, check_cascades)
+
+
+def on_postgres(seed, check) -> None:
+    """``seed`` then ``check`` a migrated ledger in a throw-away PostgreSQL cluster."""
     from tests.support.postgres import pg_bin, postgres_cluster
 
     if pg_bin() is None:
@@ -243,8 +252,8 @@ def test_cascade_escalations_per_policy_on_postgres():
     with postgres_cluster() as url:
         migrate.upgrade(url)
         engine = make_engine(url)
-        seed_cascades(engine)
-        check_cascades(engine)
+        seed(engine)
+        check(engine)
         engine.dispose()
 
 
@@ -286,25 +295,11 @@ def check_routing_times(engine) -> None:
 
 
 def test_routing_time_per_policy(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    seed_routing_times(engine)
-    check_routing_times(engine)
-    engine.dispose()
+    on_sqlite(tmp_path, seed_routing_times, check_routing_times)
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_routing_time_per_policy_on_postgres():
     """The decision's JSON path and cast in PostgreSQL's dialect."""
-    from tests.support.postgres import pg_bin, postgres_cluster
-
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
-    with postgres_cluster() as url:
-        migrate.upgrade(url)
-        engine = make_engine(url)
-        seed_routing_times(engine)
-        check_routing_times(engine)
-        engine.dispose()
+    on_postgres(seed_routing_times, check_routing_times)
