@@ -1,17 +1,17 @@
-"""What a learned policy costs the proxy: req/s and latency of `fixed` against a learned policy
-(`knn` by default), every prompt new (so every decision runs its encoder), with the features
-computed off the event loop (the default) and inside ``decide`` on the loop
-(``EXPERTMUX_FEATURES_OFF_LOOP=false``), for each encoder named (MiniLM, the static encoder
-distilled from it), in one run.
+"""What learned policies cost the proxy: req/s and latency of `fixed` against each configured
+policy, every prompt new (so every decision computes its features: an encoder, or a small LM's
+prefill for the probe), with the features computed off the event loop (the default) and, for the
+first policy, also inside ``decide`` on the loop (``EXPERTMUX_FEATURES_OFF_LOOP=false``), in one
+run.
 
 One fake upstream (``benchmarks.fake_upstream``: the proxy's cost, not a model's) behind two
-experts; an artifact per encoder fitted on the llmrouter matrix's train rows (its models
-mapped onto the two experts); one `expertmux serve` process per (encoder, switch), identical
-otherwise; an asyncio client per concurrency level sending the matrix's test prompts, each made
+experts; an artifact per entry fitted on the llmrouter matrix's train rows (its models mapped onto
+the two experts); one `expertmux serve` process per (entry, switch), identical otherwise; wrk (or
+the Python asyncio client) per concurrency level sending the matrix's test prompts, each made
 unique.
 
     python -m benchmarks.policy_serving --data ../shared/data/llmrouter --concurrency 20,100 \
-        --policy tryage --encoders minilm minilm-static \
+        --serve knn tryage 'tryage:encoder="minilm-static"' 'probe:conditioning="category";dtype="int8"' \
         --json var/bench/policy_serving.json --markdown var/bench/policy_serving.md
 """
 
@@ -42,14 +42,14 @@ from benchmarks.scale_out import wait_http
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fit_policy(data_dir: Path, out: Path, rows: int, encoder: str = "minilm", name: str = "knn") -> tuple[Path, list[str]]:
+def fit_policy(data_dir: Path, out: Path, rows: int, name: str = "knn", params: dict | None = None) -> tuple[Path, list[str]]:
     from policies.artifacts import save_artifact
     from policies.data import RoutingData
     from policies.registry import create_policy
 
     data = RoutingData.load(data_dir)
     train = data.subset(np.flatnonzero(data.split == "train")[:rows])
-    policy = create_policy(name, encoder=encoder).fit(train)
+    policy = create_policy(name, **(params or {})).fit(train)
     return save_artifact(policy, out, data=train, flat=True), list(data.models)
 
 
@@ -136,15 +136,28 @@ def _failed(r: dict) -> str:
     return str(r["failed"]) + (f" ({', '.join(f'{k} ×{v}' for k, v in r['failures'].items())})" if r["failed"] else "")
 
 
+def parse_serve(raw: str) -> tuple[str, dict]:
+    """``policy`` or ``policy:name=value;name=value`` (JSON values) → (policy, params)."""
+    policy, _, args = raw.partition(":")
+    params = {}
+    for item in [a for a in args.split(";") if a]:
+        key, _, value = item.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return policy, params
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--concurrency", default="20,100")
     ap.add_argument("--seconds", type=float, default=10.0, help="per policy, switch and level")
     ap.add_argument("--train-rows", type=int, default=2000)
-    ap.add_argument("--policy", default="knn", help="the learned policy served against fixed (knn, tryage, ...)")
-    ap.add_argument("--encoders", nargs="+", default=["minilm"], help="one server per encoder, features off the loop")
-    ap.add_argument("--skip-on-loop", action="store_true", help="no server with the features inside decide (first encoder)")
+    ap.add_argument("--serve", nargs="+", default=["knn"],
+                    help="one server per entry, features off the loop: POLICY or 'POLICY:param=value;...' (JSON values)")
+    ap.add_argument("--skip-on-loop", action="store_true", help="no server with the features inside decide (first entry)")
     ap.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                     help="the timed runs' client: wrk (when installed: auto) or the Python asyncio client")
     ap.add_argument("--json", type=Path)
@@ -155,31 +168,32 @@ def main(argv: list[str] | None = None) -> None:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="policy-serving-"))
-    models_home = REPO / "var"  # derived models (the distilled static encoder) are made once, shared by the servers
-    configure_feature_stores(data_dir=models_home, cache_dir=work / "fit-cache")
+    home = REPO / "var"  # fitting reads the shared feature cache; derived models are made once, shared by the servers
+    configure_feature_stores(data_dir=home, cache_dir=home / "cache" / "embeddings")
+    entries = [(raw, *parse_serve(raw)) for raw in args.serve]
     artifacts = {}
-    for enc in args.encoders:
-        artifacts[enc], models = fit_policy(args.data, work / f"{args.policy}-{enc}", args.train_rows, enc, args.policy)
+    for i, (raw, policy, params) in enumerate(entries):
+        artifacts[raw], models = fit_policy(args.data, work / f"artifact-{i}", args.train_rows, policy, params)
     data = RoutingData.load(args.data)
     counter = itertools.count()
     test = [p for p, s in zip(data.prompts, data.split) if s == "test"]
     prompts = (f"{test[i % len(test)]}\n\n(request {i})" for i in counter)  # never seen: every decision encodes
 
-    servers = [(enc, "off the loop", "true") for enc in args.encoders]
+    servers = [(raw, policy, "off the loop", "true") for raw, policy, _ in entries]
     if not args.skip_on_loop:
-        servers.insert(1, (args.encoders[0], "on the loop", "false"))
+        servers.insert(1, (entries[0][0], entries[0][1], "on the loop", "false"))
     procs, urls = [], {}
     up_port = free_port()
     procs.append(start([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(up_port)], dict(os.environ),
                        work / "upstream.log"))
     wait_http(f"http://127.0.0.1:{up_port}/health", 60, procs[0])
     try:
-        for i, (enc, where, off_loop) in enumerate(servers):
+        for i, (raw, policy, where, off_loop) in enumerate(servers):
             config = work / f"expertmux-{i}.yaml"
-            write_config(config, f"http://127.0.0.1:{up_port}", artifacts[enc], models, args.policy)
+            write_config(config, f"http://127.0.0.1:{up_port}", artifacts[raw], models, policy)
             data_dir = work / f"data-{i}"
             data_dir.mkdir()
-            (data_dir / "models").symlink_to(models_home / "models", target_is_directory=True)
+            (data_dir / "models").symlink_to(home / "models", target_is_directory=True)
             port = free_port()
             env = {**os.environ, "EXPERTMUX_CONFIG": str(config), "EXPERTMUX_PORT": str(port),
                    "EXPERTMUX_DATA_DIR": str(data_dir), "EXPERTMUX_AUTOSTART_EXPERTS": "false",
@@ -187,10 +201,10 @@ def main(argv: list[str] | None = None) -> None:
                    "EXPERTMUX_AUTOLEARN": "false"}
             procs.append(start([str(REPO / ".venv" / "bin" / "expertmux"), "serve", "--no-experts"], env,
                                work / f"serve-{i}.log"))
-            urls[(enc, where)] = f"http://127.0.0.1:{port}"
-        for proc, url in zip(procs[1:], urls.values()):
+            urls[(raw, policy, where)] = f"http://127.0.0.1:{port}"
+        for proc, ((_, policy, _), url) in zip(procs[1:], urls.items()):
             wait_http(f"{url}/healthz", 120, proc)
-            asyncio.run(closed_loop(url, f"expertmux/{args.policy}", prompts, 4, 3))  # load the encoder, warm up
+            asyncio.run(closed_loop(url, f"expertmux/{policy}", prompts, 4, 5))  # load the model, warm up
         use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk") is not None)
 
         def timed(url: str, model: str, clients: int) -> dict:
@@ -202,11 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         first = next(iter(urls.values()))
         for c in levels:
             r = timed(first, "expertmux/fixed", c)  # reads no prompt
-            results.append({"concurrency": c, "policy": "fixed", "encoder": "—", "features": "—", **r})
+            results.append({"concurrency": c, "policy": "fixed", "features": "—", **r})
             print(results[-1], flush=True)
-            for (enc, where), url in urls.items():
-                r = timed(url, f"expertmux/{args.policy}", c)
-                results.append({"concurrency": c, "policy": args.policy, "encoder": enc, "features": where, **r})
+            for (raw, policy, where), url in urls.items():
+                r = timed(url, f"expertmux/{policy}", c)
+                results.append({"concurrency": c, "policy": raw, "features": where, **r})
                 print(results[-1], flush=True)
     finally:
         for p in procs:
@@ -214,11 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         for p in procs:
             p.wait(30)
     load = os.getloadavg()
-    table = ["| clients | policy | encoder | features | req/s | vs fixed | p50 ms | p99 ms | p99 ÷ p50 | failed |",
-             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    table = ["| clients | policy | features | req/s | vs fixed | p50 ms | p99 ms | p99 ÷ p50 | failed |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         fixed = next(x["rps"] for x in results if x["concurrency"] == r["concurrency"] and x["policy"] == "fixed")
-        table.append(f"| {r['concurrency']} | {r['policy']} | {r['encoder']} | {r['features']} | {r['rps']:.0f} | "
+        table.append(f"| {r['concurrency']} | {r['policy']} | {r['features']} | {r['rps']:.0f} | "
                      f"{r['rps'] / fixed if fixed else float('nan'):.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                      f"{r['p99_ms'] / max(r['p50_ms'], 1e-9):.1f} | {_failed(r)} |")
     client = "wrk, one thread" if use_wrk else "Python asyncio client"
