@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = prompts[: args.batch]
     rows = []
     peers = [("MiniLM-L6 (128 word pieces)", MiniLMBackend()),
+             ("MiniLM-L6 int8 (one text per pass)", MiniLMBackend(int8=True)),
              ("static encoder distilled from MiniLM", StaticBackend(teacher=MiniLMBackend.model_dir))]
     dtypes = [native_dtype() if d == "auto" else d for d in args.dtypes]
     for m in args.models:

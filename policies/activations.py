@@ -13,8 +13,12 @@ outcome is predicted from what it saw ("LLM Router: Prefill is All You Need", ar
   end of the question; the BOS token is kept), bfloat16 weights where the CPU computes them
   natively (AVX-512 BF16 or AMX: 1.7× the float32 speed, pooled states at cosine 0.99998 of
   float32's) and float32 elsewhere (``dtype="auto"``: on an AVX2-only CPU bfloat16 is emulated and
-  slower); ``dtype="int8"``: int8 linear layers with one scale per output channel (2.2× float32's
-  speed for one prompt on an AVX2 CPU; its features move, so they are cached and served apart);
+  slower); ``dtype="int8"``: int8 linear layers with one scale per output channel (2× float32's
+  speed for one prompt on an AVX2 CPU; its features move, so they are cached and served apart).
+  torch quantises int8 activations with one scale per forward pass, so a prompt batched with
+  others would get features that depend on them (cosine 0.92 on average for the last-token
+  state): int8 runs one prompt per pass, and a prompt's features are the same in training and
+  serving;
   batches are length-sorted with a token budget, torch runs on ``threads`` threads.
 * Caching: the flattened features (layer × pooling × hidden, float32) go through the shared
   text-hash cache of ``policies.embeddings`` under their own backend id (model, layers, cap),
@@ -60,7 +64,7 @@ def native_dtype() -> str:
 
 def backend_id(model: str, layers: Sequence[int], max_tokens: int, dtype: str = "bfloat16") -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).stem if model.endswith(".gguf") else Path(model).name)
-    tag = {"bfloat16": "-bf16", "float32": ""}.get(dtype, f"-{dtype}")
+    tag = {"bfloat16": "-bf16", "float32": "", "int8": "-int8-1"}.get(dtype, f"-{dtype}")  # int8: one prompt per pass
     return f"act-{slug}-L{'-'.join(str(int(x)) for x in layers)}-t{int(max_tokens)}{tag}"
 
 
@@ -105,6 +109,10 @@ class ActivationBackend:
     @property
     def dim(self) -> int:
         return len(self.layers) * len(POOLINGS) * self.hidden
+
+    @property
+    def loaded(self) -> bool:
+        return self._net is not None
 
     def _load(self):
         if self._net is not None:
@@ -163,10 +171,12 @@ class ActivationBackend:
         torch.set_num_threads(self.threads)
         try:
             start = 0
+            one_per_pass = self.dtype == "int8"  # its activations are quantised per pass: batch-mates would move them
             while start < len(order):
                 width = len(ids[order[start]])
                 stop = start + 1
-                while stop < len(order) and (stop - start + 1) * max(width, len(ids[order[stop]])) <= self.token_budget:
+                while (not one_per_pass and stop < len(order)
+                       and (stop - start + 1) * max(width, len(ids[order[stop]])) <= self.token_budget):
                     width = max(width, len(ids[order[stop]]))
                     stop += 1
                 rows = order[start:stop]

@@ -75,7 +75,7 @@ class MiniLMBackend:
         self.max_seq_length = max_seq_length
         self.int8 = int8
         # cache folder: vectors differ per length and per weight type
-        self.id = f"all-MiniLM-L6-v2-len{max_seq_length}" + ("-int8" if int8 else "")
+        self.id = f"all-MiniLM-L6-v2-len{max_seq_length}" + ("-int8-1" if int8 else "")
         self._model = None
 
     @classmethod
@@ -111,17 +111,21 @@ class MiniLMBackend:
         from policies.neural import single_thread
 
         model = self._load()
+        # int8: activations are quantised with one scale per forward pass, so a text batched with
+        # others would get a vector that depends on them; one text per pass keeps it its own
+        batch_size = 1 if self.int8 else self.batch_size
         with single_thread():  # one thread: a second one only contends on a shared 2-core machine
-            vecs = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            vecs = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vecs, dtype=np.float32)
 
 
 def _quantise_linear_layers(module) -> None:
-    """int8 weights with one scale per output channel, activations quantised per batch (torch's
-    dynamic quantisation): about 1.5x the float32 speed on a CPU; vectors move (cosine to float32
-    ~0.98 on routing prompts: benchmarks/encoder_ceiling.py), so a policy trained on one type is
-    not served with the other (the encoder id differs)."""
+    """int8 weights with one scale per output channel, activations quantised per forward pass
+    (torch's dynamic quantisation; callers run one text per pass so that batch-mates do not move
+    a text's vector). Vectors move against float32 (cosine ~0.98 on routing prompts:
+    benchmarks/encoder_ceiling.py), so a policy trained on one type is not served with the other
+    (the encoder id differs). Speed: benchmarks/SIGNALS.md §12 and §15."""
     import warnings
 
     import torch
@@ -134,7 +138,7 @@ def _quantise_linear_layers(module) -> None:
 
 _BACKENDS: dict[str, Callable[[], object]] = {
     "minilm": MiniLMBackend,
-    "minilm-int8": lambda: MiniLMBackend(int8=True),  # ~1.5x faster on CPU; its own vectors and cache
+    "minilm-int8": lambda: MiniLMBackend(int8=True),  # int8 weights, one text per pass; its own vectors and cache
     "minilm-256": lambda: MiniLMBackend(max_seq_length=256),  # the package's default length
     "hashing": HashingBackend,
     "minilm-static": lambda: _static_backend(),  # distilled from minilm: no transformer pass; its own vectors

@@ -14,8 +14,9 @@ queries an expert gets right and wrong, top 64 principal components) and effecti
 dimensionality (participation ratio of the feature spectrum).
 
 ``dtype`` picks the probed model's weights (``auto``, ``float32``, ``bfloat16``, ``int8``: see
-``policies.activations``); the artifact keeps it, so a probe is served on the features it was
-fitted on.
+``policies.activations``) and the artifact keeps it. ``auto`` resolves on each machine (bfloat16
+where the CPU has native kernels, float32 elsewhere: pooled states at cosine 0.99998 of each
+other); ``int8`` features differ more, and a probe fitted on them is served on them.
 
 ``conditioning="category"`` adds Tryage's structure on top: a category posterior from the
 sentence embedding (task labels, or clusters) mixes ridge heads fitted on each category's rows,
@@ -89,14 +90,17 @@ class ProbePolicy(Policy):
         return np.hstack([B, E]) if E is not None else B
 
     def _features(self, prompts: Sequence[str]) -> np.ndarray:
-        """The chosen block's features. Prompts whose probe-layer features are all cached (training,
-        evaluation) read them; otherwise (served prompts) only the blocks up to the chosen one run."""
+        """The chosen block's features. Where the model with every probe block is at hand (it is
+        loaded in this process, as when fitting, or every prompt's features are cached, as in an
+        evaluation) they are read from it; otherwise (a served probe) only the blocks up to the
+        chosen one run, in a model of that depth. Both give the same features."""
         from policies.activations import activation_encoder, default_layers, feature_block
 
         layers = default_layers(self.probe_model)
-        if activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype).missing(prompts):
-            layers = (self.layer_,)
         enc = activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
+        if not getattr(enc.backend, "loaded", False) and enc.missing(prompts):
+            layers = (self.layer_,)
+            enc = activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
         B = feature_block(enc.encode(list(prompts)), layers, self.hidden_, self.layer_, self.pooling_)
         return np.hstack([B, self._embedding(prompts)]) if self.with_embedding else B
 

@@ -117,7 +117,8 @@
     const ms = (x) => (x !== null && x !== undefined && x < 10 ? x.toFixed(2) + " ms" : EM.msShort(x));  // decisions take well under 1 ms
     EM.table(document.getElementById("routing-time-table"), [
       ["policy", (p) => p.policy || "(none)", "name"],
-      ["requests", (p) => EM.count(p.requests), "num", { title: (p) => `${p.requests.toLocaleString()} (percentiles over the newest ${p.sampled.toLocaleString()})` }],
+      ["requests", (p) => EM.count(p.requests), "num", { head: `routed requests among the newest ${t.sample.toLocaleString()} of the range`,
+        title: (p) => p.requests.toLocaleString() }],
       ["features p50", (p) => ms(p.features_p50_ms), "num", { head: "time waiting for the prompt's features (off the event loop), median" }],
       ["p95", (p) => ms(p.features_p95_ms), "num", { head: "time waiting for the prompt's features, p95" }],
       ["decision p50", (p) => ms(p.decide_p50_ms), "num", { head: "the policy's decision on the event loop, median" }],

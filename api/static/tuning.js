@@ -352,7 +352,7 @@
     EM.table(table, [
       ["candidate", (r) => r.policy + (params(r) ? ` (${params(r)})` : ""), "name"],
       ["cv aiq", (r) => (r.cv_aiq === undefined ? "–" : r.cv_aiq.toFixed(4)), "num", { title: (r) => r.error || "" }],
-      ["", (r) => (r.error ? "could not be fitted" : r.policy === job.policy ? "trained" : ""), "name"],
+      ["", (r) => (r.error ? "could not be fitted" : r.chosen ? "trained" : ""), "name"],
     ], rows);
   }
 

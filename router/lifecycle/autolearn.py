@@ -62,6 +62,9 @@ class AutoLearn:
         self.cfg, self.settings, self.policies, self.experts, self.engine = cfg, settings, policies, experts, engine
         out = Path(cfg.out)
         self.out = out if out.is_absolute() else PROJECT_ROOT / out
+        from router.lifecycle.candidates import parse_candidates
+
+        self.candidates = parse_candidates(cfg.candidates)  # a typo fails at start, not after calibrating
         self.policy, self.params = cfg.policy, {}  # the candidate chosen by cross-validation, when there are several
         self._status = AutoLearnStatus(policy=cfg.policy, matrix=str(self.out), experts=sorted(experts.names))
         self._last_logged = 0.0
@@ -103,8 +106,8 @@ class AutoLearn:
     async def _resume(self) -> bool:
         """Serve what an earlier run promoted; skip a matrix whose candidate was refused."""
         state = self._read_state()
-        if not state or state.get("experts") != self._status.experts:
-            return False  # never run, or the experts changed: calibrate (new columns only)
+        if not state or state.get("experts") != self._status.experts or state.get("choice") != self._choice():
+            return False  # never run, or the experts or the policies to train changed: calibrate (new cells only)
         st = self._status
         if state.get("stage") == "serving" and state.get("artifact") and Path(state["artifact"]).exists():
             self.policy = st.policy = state.get("policy") or self.cfg.policy
@@ -158,16 +161,19 @@ class AutoLearn:
         st.artifact = str(result.path)
         return result.path
 
+    def _choice(self) -> dict[str, Any]:
+        """What decides which policy is trained: a saved outcome is reused only while it is unchanged."""
+        return {"policy": self.cfg.policy, "candidates": [[n, p] for n, p in self.candidates]}
+
     async def _choose(self, data) -> None:
         """Cross-validate the candidates on the train rows; the best is trained and gated."""
-        from router.lifecycle.candidates import choose_by_cv, parse_candidates
+        from router.lifecycle.candidates import choose_by_cv
 
         st = self._status
-        candidates = parse_candidates(self.cfg.candidates)
         st.stage = "choosing"
-        st.message = f"cross-validating {', '.join(n for n, _ in candidates)} on the calibration matrix's train rows"
+        st.message = f"cross-validating {', '.join(n for n, _ in self.candidates)} on the calibration matrix's train rows"
         log.info("autolearn: %s", st.message)
-        (self.policy, self.params), st.candidates = await asyncio.to_thread(choose_by_cv, data, candidates)
+        (self.policy, self.params), st.candidates = await asyncio.to_thread(choose_by_cv, data, self.candidates)
         st.policy = self.policy
         log.info("autolearn: chose %s %s by cross-validation: %s", self.policy, self.params, st.candidates)
 
@@ -184,11 +190,19 @@ class AutoLearn:
         version = await asyncio.to_thread(registry.register, self.engine, self.policy, path, provenance=provenance,
                                           actor="autolearn")
         st.version = version
+        # Another policy serves now (a candidate other than the last one won): the served policy is the
+        # incumbent, whatever the chosen name's own registry history says.
+        switching = self.policy != self.policies.active_name
         current = await asyncio.to_thread(registry.active, self.engine, self.policy)
-        if current is not None and current.version == version:  # the same artifact was promoted before
+        if current is not None and current.version == version and switching:  # promoted before, since replaced
+            result = await asyncio.to_thread(gate, current, None)
+            st.gate = {**result.as_dict(), "action": "promote" if result.passed else "refuse", "reason": result.reason,
+                       "previous": None}
+        elif current is not None and current.version == version:  # the same artifact was promoted before
             st.gate = {"action": "promote", "reason": f"{version} is already the active version"}
         else:
-            outcome = await asyncio.to_thread(registry.promote, self.engine, self.policy, version, gate=gate,
+            against_served = (lambda candidate, _incumbent: gate(candidate, None)) if switching else gate
+            outcome = await asyncio.to_thread(registry.promote, self.engine, self.policy, version, gate=against_served,
                                               actor="autolearn")
             st.gate = {**(outcome.gate or {}), "action": outcome.action, "reason": outcome.reason, "previous": outcome.previous}
         if st.gate["action"] != "promote":
@@ -223,8 +237,8 @@ class AutoLearn:
     def _write_state(self) -> None:
         st = self._status
         state = {"stage": st.stage, "policy": st.policy, "version": st.version, "artifact": st.artifact,
-                 "experts": st.experts, "candidates": st.candidates, "gate": st.gate, "matrix_rows": self._matrix_rows(),
-                 "written_at": time.time()}
+                 "experts": st.experts, "choice": self._choice(), "candidates": st.candidates, "gate": st.gate,
+                 "matrix_rows": self._matrix_rows(), "written_at": time.time()}
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2, default=str))

@@ -43,8 +43,14 @@ def choose_by_cv(data, candidates: list[tuple[str, dict[str, Any]]], *, folds: i
         raise PolicyError(f"{len(train)} train rows are too few to cross-validate {len(candidates)} candidates")
     cv = replace(train, split=np.full(len(train), "cv", dtype=object))
     table: list[dict[str, Any]] = []
+    from policies.registry import create_policy
+
     for name, params in candidates:
-        cfg = EvalConfig(split="cv", n_folds=folds, seed=seed, policy_params={name: params})
+        try:  # the harness warms this encoder for every prompt first: the candidate's own, not MiniLM by default
+            encoder = getattr(create_policy(name, **params), "encoder", "minilm")
+        except ExpertmuxError:
+            encoder = "minilm"  # bad parameters: reported below, by the harness
+        cfg = EvalConfig(split="cv", n_folds=folds, seed=seed, encoder=encoder, policy_params={name: params})
         try:
             aiq = evaluate(cv, [name], cfg)["policies"][name]["aiq"]
         except Exception as exc:  # one candidate that cannot be fitted here must not end the job
@@ -59,4 +65,5 @@ def choose_by_cv(data, candidates: list[tuple[str, dict[str, Any]]], *, folds: i
     if not scored:
         raise PolicyError("no candidate could be cross-validated: " + "; ".join(f"{r['policy']}: {r['error']}" for r in table))
     best = max(scored, key=lambda row: row["cv_aiq"])  # ties: the first listed
+    best["chosen"] = True
     return (best["policy"], best["params"]), table

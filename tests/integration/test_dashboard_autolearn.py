@@ -324,7 +324,7 @@ def test_refused_and_failed_read_in_words(browser, idle, viewport):
     vp = f"{viewport['width']}x{viewport['height']}"
     base = {"policy": "knn", "version": "v2-5e1f", "artifact": "/var/policies/autolearn/knn/v2", "matrix": "/var/calibration/own",
             "experts": ["big", "math", "words"], "progress": {}, "started_at": 1.7e9, "finished_at": 1.7e9 + 95}
-    candidates = [{"policy": "knn", "params": {}, "cv_aiq": 0.6011},
+    candidates = [{"policy": "knn", "params": {}, "cv_aiq": 0.6011, "chosen": True},
                   {"policy": "probe", "params": {"conditioning": "category", "dtype": "int8"}, "cv_aiq": 0.5987},
                   {"policy": "graphrouter", "params": {}, "error": "too few rows"}]
     refused = {**base, "stage": "refused", "message": f"kept prior: {REFUSED_REASON}", "candidates": candidates,

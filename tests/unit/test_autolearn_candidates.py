@@ -39,6 +39,7 @@ def test_the_best_cross_validated_candidate_wins_and_the_test_split_is_never_rea
     scored = [r for r in table if "cv_aiq" in r]
     best = max(scored, key=lambda r: r["cv_aiq"])
     assert len(scored) == 2 and (name, params) == (best["policy"], best["params"])
+    assert [r for r in table if r.get("chosen")] == [best]  # the one the dashboard marks as trained
     again, table_again = choose_by_cv(other, candidates)
     assert again == (name, params) and table_again == table
 

@@ -90,5 +90,6 @@ def test_int8_minilm_keeps_its_own_cache_and_stays_close_to_float32():
     assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-4)
     cosine = np.sum(a * b, axis=1)
     assert cosine.min() > 0.9 and not np.allclose(a, b, atol=1e-3)
+    assert np.allclose(int8.encode(texts[1:2]), b[1:2], atol=1e-5)  # its own vector, whatever it is batched with
     # what a kNN policy reads: each text is still nearest to itself across the two types
     assert (np.argmax(b @ a.T, axis=1) == np.arange(len(texts))).all()

@@ -39,11 +39,10 @@ class FakeBackend:
     def encode(self, texts):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
-            rng = np.random.default_rng(zlib.crc32(t.encode()))
             task = [k for k, words in TASKS.items() if any(w in t.split() for w in words)]
             counts = np.array([sum(t.split().count(w) for w in TASKS[k]) for k in TASKS], dtype=float)
-            for li, layer in enumerate(self.layers):
-                block = rng.normal(size=2 * self.hidden)
+            for li, layer in enumerate(self.layers):  # a block's states do not depend on the other blocks read
+                block = np.random.default_rng([zlib.crc32(t.encode()), layer]).normal(size=2 * self.hidden)
                 if layer == INFORMATIVE and task:
                     block[:3] += 3.0 * counts / max(counts.sum(), 1.0)
                     block[self.hidden : self.hidden + 3] += 3.0 * counts / max(counts.sum(), 1.0)
@@ -135,8 +134,12 @@ def test_a_served_probe_runs_only_the_blocks_up_to_its_layer(data, monkeypatch):
     monkeypatch.setattr(FakeBackend, "encode", lambda self, texts: calls.append(self.layers) or real(self, texts))
     p.predict_quality(train.prompts[:5])  # fitted on: every probe layer is cached, nothing runs
     assert calls == []
-    p.predict_quality(ev.prompts[:5])  # new prompts: the deepest block run is the chosen one
+    served = p.predict_quality(ev.prompts[:5])  # new prompts: the deepest block run is the chosen one
     assert calls == [(INFORMATIVE,)]
+    full = activations.activation_encoder(FAKE, activations.default_layers(FAKE), max_tokens=p.max_tokens)
+    full.encode(ev.prompts[:5])  # now every probe block of them is cached: read from there, same features
+    assert np.allclose(p.predict_quality(ev.prompts[:5]), served)
+    assert calls == [(INFORMATIVE,), activations.default_layers(FAKE)]
 
 
 def test_probe_fixed_layer_and_bad_options(data):
