@@ -223,9 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                 results.append({"concurrency": c, "policy": raw, "features": where, **r})
                 print(results[-1], flush=True)
     finally:
-        for p in procs:
+        for p in reversed(procs):  # the servers first: their queued requests must not meet a stopped upstream
             p.terminate()
-        for p in procs:
             p.wait(30)
     load = os.getloadavg()
     table = ["| clients | policy | features | req/s | vs fixed | p50 ms | p99 ms | p99 ÷ p50 | failed |",
