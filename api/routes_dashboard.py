@@ -15,7 +15,6 @@ from api.dashboard_auth import require_dashboard
 from api.responses import json_response
 from core.errors import InvalidRequestError, PolicyError
 from router.dashboard.queries import STATUSES, DashboardQueries
-from router.dashboard.routing_time import routing_time as routing_time_query
 from router.dashboard.windows import LedgerFilter, Window
 from router.lifecycle.tuning import TuningService, promotion_gate, record_tuning
 
@@ -70,8 +69,8 @@ async def cascades(request: Request, since: datetime | None = None, until: datet
 async def routing_time(request: Request, since: datetime | None = None, until: datetime | None = None,
                        hours: float | None = Query(None, gt=0, le=24 * 366)):
     """Per policy: how long routing took (waiting for the prompt's features, and the decision), p50/p95."""
-    w = _window(since, until, hours)
-    return json_response(await asyncio.to_thread(routing_time_query, request.app.state.service.ledger.engine, w))
+    q, w = _queries(request), _window(since, until, hours)
+    return json_response(await asyncio.to_thread(q.routing_time, w))
 
 
 # ---- the experts' own calibration and the policy learned on it ----------------------------------

@@ -38,6 +38,7 @@ import numpy as np
 from benchmarks.load_faults import free_port
 from benchmarks.output import write_json, write_text
 from benchmarks.scale_out import wait_http
+from benchmarks.signals import parse_policy_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,19 +137,6 @@ def _failed(r: dict) -> str:
     return str(r["failed"]) + (f" ({', '.join(f'{k} ×{v}' for k, v in r['failures'].items())})" if r["failed"] else "")
 
 
-def parse_serve(raw: str) -> tuple[str, dict]:
-    """``policy`` or ``policy:name=value;name=value`` (JSON values) → (policy, params)."""
-    policy, _, args = raw.partition(":")
-    params = {}
-    for item in [a for a in args.split(";") if a]:
-        key, _, value = item.partition("=")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return policy, params
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -170,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="policy-serving-"))
     home = REPO / "var"  # fitting reads the shared feature cache; derived models are made once, shared by the servers
     configure_feature_stores(data_dir=home, cache_dir=home / "cache" / "embeddings")
-    entries = [(raw, *parse_serve(raw)) for raw in args.serve]
+    entries = [(raw, *parse_policy_spec(raw)) for raw in args.serve]
     artifacts = {}
     for i, (raw, policy, params) in enumerate(entries):
         artifacts[raw], models = fit_policy(args.data, work / f"artifact-{i}", args.train_rows, policy, params)

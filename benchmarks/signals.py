@@ -34,6 +34,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def parse_policy_spec(spec: str) -> tuple[str, dict]:
+    """``policy`` or ``policy:name=value;name=value`` (JSON values; anything else a string) →
+    (policy, params)."""
+    policy, _, args = spec.partition(":")
+    params = {}
+    for item in [a for a in args.split(";") if a]:
+        key, _, value = item.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return policy, params
+
+
 def parse_entries(entries: list[str]) -> tuple[list[str], dict[str, dict]]:
     """Labels in order and {label: params}; aliases are registered in the policy registry."""
     from policies.registry import _POLICIES, register_policy
@@ -44,15 +58,8 @@ def parse_entries(entries: list[str]) -> tuple[list[str], dict[str, dict]]:
         if not sep or ":" not in rest and rest not in _POLICIES:
             labels.append(raw)
             continue
-        policy, _, args = rest.partition(":")
+        policy, kv = parse_policy_spec(rest)
         register_policy(label, _POLICIES[policy])
-        kv = {}
-        for item in [a for a in args.split(";") if a]:
-            k, _, v = item.partition("=")
-            try:
-                kv[k] = json.loads(v)
-            except json.JSONDecodeError:
-                kv[k] = v
         labels.append(label)
         params[label] = kv
     return labels, params

@@ -18,8 +18,8 @@ outcome is predicted from what it saw ("LLM Router: Prefill is All You Need", ar
   torch quantises int8 activations with one scale per forward pass, so a prompt batched with
   others would get features that depend on them (cosine 0.92 on average for the last-token
   state): int8 runs one prompt per pass, and a prompt's features are the same in training and
-  serving;
-  batches are length-sorted with a token budget, torch runs on ``threads`` threads.
+  serving. Other types run length-sorted batches within a token budget; torch runs on
+  ``threads`` threads.
 * Caching: the flattened features (layer × pooling × hidden, float32) go through the shared
   text-hash cache of ``policies.embeddings`` under their own backend id (model, layers, cap),
   in small shards so an interrupted extraction resumes where it stopped.
@@ -47,6 +47,8 @@ POOLINGS = ("mean", "last")
 DEFAULT_LAYERS = {"smollm2-135m-instruct": (3, 6, 9, 12, 15, 18), "gemma3-270m": (2, 4, 6, 8, 10, 12)}
 DEFAULT_MAX_TOKENS = 64
 DTYPES = ("auto", "float32", "bfloat16", "int8")
+
+
 def default_layers(model: str) -> tuple[int, ...]:
     return DEFAULT_LAYERS.get(model, (2, 4, 6, 8, 10, 12))
 

@@ -1,4 +1,4 @@
-"""A static sentence encoder distilled from the packaged MiniLM: no transformer pass at serving time.
+"""A static sentence encoder distilled from the packaged MiniLM.
 
 A static encoder has one vector per word piece; a prompt's vector is the weighted mean of its word
 pieces' vectors, with no transformer pass at serving time (model2vec). The vectors are made from
@@ -39,15 +39,15 @@ class StaticBackend:
     dim = 256
     max_tokens = 512  # word pieces read per prompt: a static encoder's cost is a table lookup each
 
-    def __init__(self, teacher: Callable[[], Path], model_dir: Path | None = None) -> None:
+    def __init__(self, teacher: Callable[[], Path]) -> None:
         self.teacher = teacher  # the MiniLM folder the vectors are distilled from
         self.id = f"static-MiniLM-L6-v2-pca{self.dim}"
-        self._model_dir = model_dir  # None: <data_dir>/models/<id>, beside the converted probe models
         self._model = None
         self._lock = threading.Lock()
 
     def model_dir(self) -> Path:
-        return self._model_dir if self._model_dir is not None else model_home.models_dir() / self.id
+        """``<data_dir>/models/<id>``, beside the converted probe models."""
+        return model_home.models_dir() / self.id
 
     def _load(self):
         with self._lock:  # two first decisions at once distil once

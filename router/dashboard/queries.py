@@ -6,7 +6,8 @@ service in the transaction of their rows) and only the window's partial edges fr
 through the covering ``ix_requests_overview`` (created_at, expert, status, latency, cost) and
 ``ix_feedback_created`` of migration 0005; so a 30-day window costs about what a day costs. The
 ledger browser pages with a keyset cursor on (created_at, id), so page 1,000 costs what page 1
-costs. Cascade escalations have no rollup: they are read from the window's attempt rows.
+costs. Cascade escalations have no rollup: they are read from the window's attempt rows; routing
+time is read from the newest requests of the window.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from router.ledger.rollups import LN_BINS, SLOT_S
 STATUSES = ("ok", "error", "rejected", "client_disconnected")
 MAX_PAGE = 200
 MAX_BUCKETS = 500
+ROUTING_SAMPLE = 20_000  # newest requests the routing-time card reads
 
 
 class DashboardQueries:
@@ -277,6 +279,30 @@ class DashboardQueries:
         out.sort(key=lambda d: (-d["requests"], d["policy"] or ""))
         return {"since": iso(window.since), "until": iso(window.until), "requests": sum(d["requests"] for d in out),
                 "policies": out}
+
+    def routing_time(self, window: Window) -> dict[str, Any]:
+        """Per policy, how long routing took: the wait for the prompt's features (off the event
+        loop) and the decision on the loop, from each routed decision's ``timing``; nearest-rank
+        p50/p95 over the newest ``ROUTING_SAMPLE`` requests of the window (one bounded query on
+        the created_at index: a long window of a busy proxy is read as its most recent traffic)."""
+        r = RequestRow
+        newest = (select(r.policy, r.decision[("timing", "features_ms")].as_float(), r.decision[("timing", "decide_ms")].as_float())
+                  .where(window.where(r.created_at)).order_by(r.created_at.desc()).limit(ROUTING_SAMPLE))
+        per: dict[str | None, list[tuple[float, float]]] = {}
+        with Session(self.engine) as s:
+            for policy, features, decide in s.execute(newest):
+                if decide is not None:  # a request that named its expert was not routed
+                    per.setdefault(policy, []).append((float(features or 0.0), float(decide)))
+        out = []
+        for policy, times in per.items():
+            row: dict[str, Any] = {"policy": policy, "requests": len(times)}
+            for part, values in (("features", [f for f, _ in times]), ("decide", [d for _, d in times]),
+                                 ("total", [f + d for f, d in times])):
+                p50, p95 = _percentiles([(v, 1) for v in values], histogram=False)
+                row[f"{part}_p50_ms"], row[f"{part}_p95_ms"] = _num(p50), _num(p95)
+            out.append(row)
+        out.sort(key=lambda d: (-d["requests"], d["policy"] or ""))
+        return {"since": iso(window.since), "until": iso(window.until), "sample": ROUTING_SAMPLE, "policies": out}
 
     # -- the ledger browser -----------------------------------------------------------------------
     def page(self, flt: LedgerFilter, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:

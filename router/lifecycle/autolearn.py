@@ -4,11 +4,11 @@ While the proxy serves with the configured policy (the hand-set ``prior`` by def
 (1) calibrates the configured experts on a graded prompt set (``router.calibration``: resumable,
 every finished cell on disk), (2) trains the configured learned policy on that matrix with no
 ``expert_map`` (its models are the experts, by name) — or, given ``candidates``, the one of them
-with the best cross-validated aiq on the matrix's train rows (``router.lifecycle.candidates``) — (3) compares it with the served policy on
-the matrix's held-out split through the promotion gate (``BenchmarkGate``: not worse on the
-cost–quality frontier and at the served λ), and (4) if it passes, registers and promotes the
-version and swaps it in as the active policy without a restart; requests in flight finish on the
-policy they started with.
+with the best cross-validated aiq on the matrix's train rows (``router.lifecycle.candidates``) —
+(3) compares it with the served policy on the matrix's held-out split through the promotion gate
+(``BenchmarkGate``: not worse on the cost–quality frontier and at the served λ), and (4) if it
+passes, registers and promotes the version and swaps it in as the active policy without a
+restart; requests in flight finish on the policy they started with.
 
 Every step's outcome is kept in ``<calibration folder>/autolearn.json``, so a restart reuses what
 was done: a promoted version is served again at once, a calibration resumes where it stopped,
@@ -109,8 +109,8 @@ class AutoLearn:
         if not state or state.get("experts") != self._status.experts or state.get("choice") != self._choice():
             return False  # never run, or the experts or the policies to train changed: calibrate (new cells only)
         st = self._status
+        self.policy = st.policy = state.get("policy") or self.cfg.policy  # the candidate that run chose
         if state.get("stage") == "serving" and state.get("artifact") and Path(state["artifact"]).exists():
-            self.policy = st.policy = state.get("policy") or self.cfg.policy
             await asyncio.to_thread(self.policies.reload, self.policy, state["artifact"])
             self.policies.tune(active=self.policy)
             st.stage, st.version, st.artifact, st.gate = "serving", state.get("version"), state["artifact"], state.get("gate")
@@ -119,7 +119,6 @@ class AutoLearn:
             log.info("autolearn: %s", st.message)
             return True
         if state.get("stage") == "refused" and state.get("matrix_rows") == self._matrix_rows():
-            self.policy = st.policy = state.get("policy") or self.cfg.policy
             st.stage, st.gate, st.candidates = "refused", state.get("gate"), state.get("candidates") or []
             st.message = "an earlier run's candidate was refused on this calibration; calibrate more prompts to retry"
             return True

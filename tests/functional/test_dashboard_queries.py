@@ -282,16 +282,15 @@ def seed_routing_times(engine) -> None:
 
 
 def check_routing_times(engine) -> None:
-    from router.dashboard.routing_time import routing_time
-
-    out = routing_time(engine, Window(END - timedelta(hours=24), END))
+    q = DashboardQueries(engine)
+    out = q.routing_time(Window(END - timedelta(hours=24), END))
     assert [(p["policy"], p["requests"]) for p in out["policies"]] == [("knn", 5), ("prior", 2)]
     knn, prior = out["policies"]
     # nearest rank over 5: p50 is the 3rd smallest, p95 the largest
     assert (knn["features_p50_ms"], knn["features_p95_ms"], knn["decide_p50_ms"], knn["decide_p95_ms"]) == (30, 50, 0.4, 0.6)
     assert (knn["total_p50_ms"], knn["total_p95_ms"]) == (30.4, 50.6)
     assert (prior["features_p50_ms"], prior["decide_p50_ms"], prior["decide_p95_ms"]) == (0.01, 0.1, 0.3)
-    assert routing_time(engine, Window(END - timedelta(hours=48), END - timedelta(hours=40)))["policies"] == []
+    assert q.routing_time(Window(END - timedelta(hours=48), END - timedelta(hours=40)))["policies"] == []
 
 
 def test_routing_time_per_policy(tmp_path):
