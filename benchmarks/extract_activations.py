@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default="", help="comma-separated 1-based blocks (default: the model's probe set)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "int8"])
+    parser.add_argument("--runtime", default="transformers", choices=["transformers", "llamacpp"],
+                        help="llamacpp: the GGUF's own prefill states of the chat-formatted prompt (no token cap)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", nargs="+", type=Path, required=True, help="routing-matrix folders")
     parser.add_argument("--splits", default="", help="only these splits (comma-separated; default all)")
@@ -38,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from benchmarks.routing_stats import parse_sample, subsample
-    from policies.activations import activation_encoder
+    from policies.activations import activation_encoder, default_layers
     from policies.data import RoutingData
-    from policies.embeddings import configure_encoders
+    from policies.features import configure_feature_stores
 
-    configure_encoders(cache_dir=args.cache_dir)
+    configure_feature_stores(data_dir=args.cache_dir.parent.parent, cache_dir=args.cache_dir)  # var/cache/embeddings → var
     layers = tuple(int(x) for x in args.layers.split(",") if x.strip()) or None
-    enc = activation_encoder(args.model, layers, max_tokens=args.max_tokens, threads=args.threads, dtype=args.dtype)
+    if args.runtime == "llamacpp":
+        from policies.prefill_states import prefill_encoder
+
+        enc = prefill_encoder(args.model, layers or default_layers(args.model), threads=args.threads)
+    else:
+        enc = activation_encoder(args.model, layers, max_tokens=args.max_tokens, threads=args.threads, dtype=args.dtype)
     prompts: list[str] = []
     splits = {s for s in args.splits.split(",") if s}
     for folder in args.data:

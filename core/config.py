@@ -29,6 +29,15 @@ class LlamaCppOptions(_Strict):
     port: int = 0  # 0 = a free loopback port
     startup_timeout_s: float = 120.0
     extra_args: list[str] = Field(default_factory=list)
+    # Hand this expert's prefill states to a probe that reads this model (probe runtime
+    # "llamacpp"): the routing forward pass is the expert's own prefill, kept for its answer
+    share_prefill: bool = False
+
+    @model_validator(mode="after")
+    def _template_for_sharing(self) -> LlamaCppOptions:
+        if self.share_prefill and self.chat_format:
+            raise ValueError("share_prefill formats prompts with the model's own chat template: leave chat_format unset")
+        return self
 
 
 class VllmOptions(_Strict):

@@ -130,6 +130,12 @@ class Policy(ABC):
         if self.reads_prompt:
             self.predict_quality(list(prompts))
 
+    def served_prefill(self) -> tuple[str, tuple[int, ...]] | None:
+        return None  # or (model, blocks) whose prefill states a local expert may hand over (``accept_prefill``)
+
+    def accept_prefill(self, prompt: str, features: np.ndarray) -> None:
+        raise PolicyError(f"policy {self.name!r} reads no expert's prefill")
+
     def predict_cost(self, prompt_tokens: Sequence[int], completion_tokens: Sequence[int]) -> np.ndarray:
         """Expected cost in USD from the experts' prices, shape (n, n_experts)."""
         self._check_fitted()
@@ -208,19 +214,11 @@ class Policy(ABC):
         lam = self._lambda_for(request, lambda_)
         ev = self._evaluate(request, lam, unavailable)
         names = self.expert_names
-        rows = []
-        for i, expert in enumerate(self.experts_):
-            rows.append({
-                "expert": names[i],
-                "quality": round(float(ev["quality"][i]), 6),
-                "cost_usd": float(f"{ev['cost'][i]:.6g}"),
-                "penalty": round(float(ev["penalty"][i]), 6),
-                "utility": round(float(ev["utility"][i]), 6),
-                "params_b": expert.params_b,
-                "release_date": expert.release_date,
-                "expected_latency_s": None if np.isnan(ev["latency"][i]) else round(float(ev["latency"][i]), 4),
-                "feasible": bool(ev["feasible"][i]),
-            })
+        rows = [{"expert": names[i], "quality": round(float(ev["quality"][i]), 6), "cost_usd": float(f"{ev['cost'][i]:.6g}"),
+                 "penalty": round(float(ev["penalty"][i]), 6), "utility": round(float(ev["utility"][i]), 6),
+                 "params_b": expert.params_b, "release_date": expert.release_date,
+                 "expected_latency_s": None if np.isnan(ev["latency"][i]) else round(float(ev["latency"][i]), 4),
+                 "feasible": bool(ev["feasible"][i])} for i, expert in enumerate(self.experts_)]
         front = pareto_indices(ev["quality"], ev["cost"], ev["feasible"])
         chosen = None
         if ev["feasible"].any():
@@ -228,7 +226,7 @@ class Policy(ABC):
         return {"policy": self.name, "policy_version": self.version, "lambda": lam, "chosen": chosen,
                 "front": [rows[i]["expert"] for i in front], "experts": rows}
 
-    # ---- the same rule for many queries and many λ at once (offline evaluation) --------------
+    # ---- many queries and many λ at once (offline evaluation) ---------------------------------
     def decide_many(
         self, prompts: Sequence[str], lambdas: Sequence[float] | float, *, candidates: np.ndarray | None = None
     ) -> np.ndarray:
@@ -392,6 +390,8 @@ class MappedPolicy(Policy):
 
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.inner.predict_quality(prompts), dtype=float) @ self.weights_
+    served_prefill = property(lambda self: self.inner.served_prefill)  # type: ignore[assignment]
+    accept_prefill = property(lambda self: self.inner.accept_prefill)  # type: ignore[assignment]
 
     def propensities(self, utility, feasible):
         return self.inner.propensities(utility, feasible)

@@ -260,6 +260,16 @@ class Encoder:
                     return out
         return np.asarray(self.backend.encode(list(texts)), dtype=np.float32)  # a cache too small to hold them
 
+    def put(self, text: str, vector: np.ndarray) -> None:
+        """Hold a vector computed elsewhere (e.g. by an expert) for ``text``, in memory only."""
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vec.shape != (self.dim,) or not np.all(np.isfinite(vec)):
+            raise PolicyError(f"{self.backend.id}: expected {self.dim} finite numbers, got shape {vec.shape}")
+        self._load_disk()
+        with self._lock:
+            self._memory[text_key(text)] = vec
+        self._trim()
+
     def forget(self) -> None:
         """Drop the in-memory vectors (the disk cache stays); e.g. to time encoding again."""
         with self._lock:

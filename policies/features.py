@@ -58,13 +58,19 @@ def parse_spec(spec: str) -> list[Part]:
     return parts
 
 
-def activation_matrix(model: str, prompts: Sequence[str], *, max_tokens: int = 64,
-                      dtype: str = "auto") -> tuple[np.ndarray, tuple[int, ...], int]:
-    """All cached probe-layer features of ``model`` for the prompts: (X, layers, hidden)."""
+def activation_matrix(model: str, prompts: Sequence[str], *, max_tokens: int = 64, dtype: str = "auto",
+                      runtime: str = "transformers") -> tuple[np.ndarray, tuple[int, ...], int]:
+    """All cached probe-layer features of ``model`` for the prompts: (X, layers, hidden);
+    ``runtime="llamacpp"``: the GGUF's own prefill states (``policies.prefill_states``)."""
     from policies.activations import activation_encoder, default_layers
 
     layers = default_layers(model)
-    enc = activation_encoder(model, layers, max_tokens=max_tokens, dtype=dtype)
+    if runtime == "llamacpp":
+        from policies.prefill_states import prefill_encoder
+
+        enc = prefill_encoder(model, layers)
+    else:
+        enc = activation_encoder(model, layers, max_tokens=max_tokens, dtype=dtype)
     return enc.encode(list(prompts)), layers, int(enc.backend.hidden)
 
 

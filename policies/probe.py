@@ -18,6 +18,12 @@ dimensionality (participation ratio of the feature spectrum).
 where the CPU has native kernels, float32 elsewhere: pooled states at cosine 0.99998 of each
 other); ``int8`` features differ more, and a probe fitted on them is served on them.
 
+``runtime="llamacpp"`` reads the GGUF model's own prefill states of the chat-formatted prompt
+(``policies.prefill_states``) instead of a ``transformers`` copy of it: the states a local
+llama.cpp expert serving that model computes anyway. The router then asks that expert for them
+(``served_prefill``, ``accept_prefill``), and the expert keeps the prompt in its KV cache for the
+answer; without such an expert they are computed here, the same way.
+
 ``conditioning="category"`` adds Tryage's structure on top: a category posterior from the
 sentence embedding (task labels, or clusters) mixes ridge heads fitted on each category's rows,
 so the probe's features only have to tell queries apart *within* a kind of query.
@@ -47,6 +53,7 @@ from policies.neural import single_thread
 from policies.progress import report
 
 POOLING_CHOICES = ("mean", "last", "both")
+RUNTIMES = ("transformers", "llamacpp")
 
 
 class ProbePolicy(Policy):
@@ -67,6 +74,7 @@ class ProbePolicy(Policy):
         dtype: str = "auto",
         cv_folds: int = 5,
         encoder: str = "minilm",
+        runtime: str = "transformers",
         random_state: int = 0,
     ) -> None:
         self.probe_model = probe_model
@@ -80,6 +88,7 @@ class ProbePolicy(Policy):
         self.dtype = dtype
         self.cv_folds = cv_folds
         self.encoder = encoder
+        self.runtime = runtime
         self.random_state = random_state
 
     # ---- features ---------------------------------------------------------------------------
@@ -89,20 +98,44 @@ class ProbePolicy(Policy):
         B = feature_block(X, self.layers_, self.hidden_, layer, pooling)
         return np.hstack([B, E]) if E is not None else B
 
+    def _encoder(self, layers: Sequence[int]):
+        if self.runtime == "llamacpp":
+            from policies.prefill_states import prefill_encoder
+
+            return prefill_encoder(self.probe_model, layers, hidden=getattr(self, "hidden_", None))
+        from policies.activations import activation_encoder
+
+        return activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
+
     def _features(self, prompts: Sequence[str]) -> np.ndarray:
         """The chosen block's features. Where the model with every probe block is at hand (it is
         loaded in this process, as when fitting, or every prompt's features are cached, as in an
         evaluation) they are read from it; otherwise (a served probe) only the blocks up to the
         chosen one run, in a model of that depth. Both give the same features."""
-        from policies.activations import activation_encoder, default_layers, feature_block
+        from policies.activations import default_layers, feature_block
 
         layers = default_layers(self.probe_model)
-        enc = activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
+        enc = self._encoder(layers)
         if not getattr(enc.backend, "loaded", False) and enc.missing(prompts):
             layers = (self.layer_,)
-            enc = activation_encoder(self.probe_model, layers, max_tokens=self.max_tokens, dtype=self.dtype)
+            enc = self._encoder(layers)
         B = feature_block(enc.encode(list(prompts)), layers, self.hidden_, self.layer_, self.pooling_)
         return np.hstack([B, self._embedding(prompts)]) if self.with_embedding else B
+
+    def served_prefill(self) -> tuple[str, tuple[int, ...]] | None:
+        """(GGUF model, blocks) whose prefill states this fitted probe reads, when a local
+        llama.cpp expert serving that model can hand them over; None for other runtimes."""
+        if self.runtime != "llamacpp" or not hasattr(self, "layer_"):
+            return None
+        return self.probe_model, (int(self.layer_),)
+
+    def accept_prefill(self, prompt: str, features: np.ndarray) -> None:
+        """The states of ``served_prefill``'s blocks that an expert computed while prefilling
+        ``prompt``: ``decide`` reads them instead of computing them here."""
+        blocks = self.served_prefill()
+        if blocks is None:
+            raise PolicyError(f"probe with runtime {self.runtime!r} reads no expert's prefill")
+        self._encoder(blocks[1]).put(prompt, features)
 
     def _embedding(self, prompts: Sequence[str]) -> np.ndarray:
         from policies.embeddings import get_encoder
@@ -115,9 +148,12 @@ class ProbePolicy(Policy):
             raise PolicyError(f"probe: select_by must be 'mse' or 'routing', got {self.select_by!r}")
         if self.conditioning not in ("none", "category"):
             raise PolicyError(f"probe: conditioning must be 'none' or 'category', got {self.conditioning!r}")
+        if self.runtime not in RUNTIMES:
+            raise PolicyError(f"probe: runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.pooling not in ("auto", *POOLING_CHOICES):
             raise PolicyError(f"probe: pooling must be 'auto' or one of {POOLING_CHOICES}, got {self.pooling!r}")
-        X, layers, hidden = activation_matrix(self.probe_model, train.prompts, max_tokens=self.max_tokens, dtype=self.dtype)
+        X, layers, hidden = activation_matrix(self.probe_model, train.prompts, max_tokens=self.max_tokens, dtype=self.dtype,
+                                              runtime=self.runtime)
         self.layers_, self.hidden_ = tuple(int(x) for x in layers), int(hidden)
         E = self._embedding(train.prompts) if self.with_embedding else None
         scores = train.scores

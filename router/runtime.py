@@ -147,6 +147,7 @@ class Runtime:
         # Drain the ledger before anything else goes away: nothing is lost on shutdown.
         await asyncio.to_thread(service.ledger.close)
         service.features.close()
+        await service.prefill.close()
         await client.aclose()
         await asyncio.to_thread(service.experts.stop_local)
         service.ledger.engine.dispose()

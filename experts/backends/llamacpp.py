@@ -1,4 +1,5 @@
-"""llama.cpp expert: one ``llama_cpp.server`` subprocess per expert on a loopback port."""
+"""llama.cpp expert: one ``llama_cpp.server`` subprocess per expert on a loopback port (with
+``share_prefill``, ``experts.prefill_server``: the same server that also hands over its prefill states)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ class LlamaCppBackend(ProcessBackend):
         return self.config.llamacpp.startup_timeout_s
 
     @property
+    def shares_prefill(self) -> bool:
+        return self.config.llamacpp.share_prefill
+
+    @property
     def model_id(self) -> str:
         return self.config.name  # served under the expert's name (--model_alias)
 
@@ -27,7 +32,7 @@ class LlamaCppBackend(ProcessBackend):
         opts = self.config.llamacpp
         model = resolve_gguf(self.config.model, data_dir=self.data_dir, model_path=opts.model_path)
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "experts.prefill_server" if opts.share_prefill else "llama_cpp.server",
             "--model", str(model),
             "--model_alias", self.config.name,
             "--host", "127.0.0.1",

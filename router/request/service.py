@@ -37,6 +37,7 @@ from router.request import streaming
 from router.request.load import LatencyTracker, adjust_for_load
 from router.request.metrics import Metrics
 from router.request.prefetch import FeaturePrefetch
+from router.request.prefill import SharedPrefill
 from router.request.protocol import ChatCompletionRequest, ChatOutcome, parse_chat_request
 from router.request.trace import AttemptTrace, RequestTrace
 
@@ -59,6 +60,7 @@ class RoutingService:
         self.budgets = budgets
         self.load = LatencyTracker()
         self.features = FeaturePrefetch()  # learned policies' prompt features, off the event loop
+        self.prefill = SharedPrefill(experts)  # … or from a local expert's own prefill, kept for its answer
         self.draining = False  # set when a graceful shutdown begins
         # Called with each finished RequestTrace on the event loop (e.g. the judge); must be cheap.
         self.finish_hooks: list[Callable[[RequestTrace], None]] = []
@@ -106,12 +108,16 @@ class RoutingService:
             trace.session_id = ctx.session_key if ctx is not None else None
             routed = self._policy_for(req.model)
             waited = time.perf_counter()
+            shared = None
             if routed is not None and self.settings.features_off_loop:
+                shared = await self.prefill.offer(routed[1], prompt, lambda: req.upstream_payload()["messages"])
                 await self.features.warm(routed[1], prompt)
             waited = time.perf_counter() - waited
             trace.decision = self._route(req, prompt, routed, ctx)
             if trace.decision.timing is not None:
                 trace.decision.timing["features_ms"] = round(waited * 1e3, 3)
+                if shared is not None and shared["shared"]:  # the features were the expert's own prefill
+                    trace.decision.timing["shared_prefill_ms"] = shared["ms"]
             if self.cascade.serves(trace.decision):  # a cascade policy: its steps run in router/request/cascade.py
                 outcome = await self.cascade.serve(trace, req, prompt, key)
                 streaming = outcome.stream is not None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import PROJECT_ROOT, Settings
 from router.ledger.models import AttemptRow, RequestRow
-from tests.support.servers import serve_in_thread
+from tests.support.servers import ledger_row, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,7 @@ def client(local_app):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0, timeout=120)
 
 
-def _row(app, request_id: str) -> RequestRow:
-    ledger = app.state.service.ledger
-    assert ledger.flush(10)
-    with Session(ledger.engine) as s:
-        row = s.get(RequestRow, request_id)
-        assert row is not None, f"no ledger row for {request_id}"
-        return row
+_row = ledger_row
 
 
 def test_non_streaming_auto_routes_to_chat_model(local_app, client):

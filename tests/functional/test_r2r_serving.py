@@ -16,11 +16,9 @@ import httpx
 import openai
 import pytest
 import yaml
-from sqlalchemy.orm import Session
 
 from core.settings import PROJECT_ROOT, Settings
-from router.ledger.models import RequestRow
-from tests.support.servers import free_port, serve_in_thread
+from tests.support.servers import free_port, ledger_row, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +64,7 @@ def client(r2r_app):
     return openai.OpenAI(base_url=f"{r2r_app[0]}/v1", api_key="local", max_retries=0, timeout=120)
 
 
-def _row(app, request_id: str) -> RequestRow:
-    ledger = app.state.service.ledger
-    assert ledger.flush(10)
-    with Session(ledger.engine) as s:
-        row = s.get(RequestRow, request_id)
-        assert row is not None
-        return row
+_row = ledger_row
 
 
 def test_non_streaming_records_the_token_split_and_cost(r2r_app, client, r2r_router):

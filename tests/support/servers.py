@@ -37,3 +37,17 @@ def serve_in_thread(app, *, port: int | None = None, startup_timeout: float = 30
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def ledger_row(app, request_id: str):
+    """The ledger row of one request served by ``app`` (after the writer has flushed it)."""
+    from sqlalchemy.orm import Session
+
+    from router.ledger.models import RequestRow
+
+    ledger = app.state.service.ledger
+    assert ledger.flush(10)
+    with Session(ledger.engine) as s:
+        row = s.get(RequestRow, request_id)
+        assert row is not None, f"no ledger row for {request_id}"
+        return row

@@ -1,0 +1,166 @@
+"""Hidden states of chosen blocks, read from a llama.cpp model's own prefill.
+
+A probe policy's features are the residual stream after a few blocks of a small LM, pooled over
+the prompt. When that LM is also a local expert, the expert's prefill of the prompt computes those
+states anyway: reading them there, and keeping the prompt in the expert's KV cache, means the
+routing forward pass is not paid a second time when the expert then answers.
+
+llama.cpp offers no API for intermediate states; its graph scheduler does take an evaluation
+callback (``cb_eval``), asked about every graph node and handed the ones it wants once computed.
+The residual stream after block ``b`` (1-based, the count of blocks applied, as in
+``transformers``' ``hidden_states[b]``) is the node llama.cpp names ``l_out-{b-1}``.
+
+Used by both sides of the split: the expert server (``experts.prefill_server``) and the probe's
+feature extraction for training (``policies.prefill_states``), so a feature means the same in
+both. ``install()`` must wrap the construction of the ``llama_cpp.Llama`` (the callback is a
+context parameter); ``read()`` then evaluates a prompt into the model's KV cache and returns its
+pooled states. llama-cpp-python is imported lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+POOLINGS = ("mean", "last")
+_NE_OFFSET = 16  # struct ggml_tensor: enum type (4 bytes, padded to 8), buffer pointer, then int64 ne[4]
+_install_lock = threading.Lock()
+
+
+def node_name(block: int) -> bytes:
+    return f"l_out-{int(block) - 1}".encode()
+
+
+class _Ggml:
+    """The three ggml functions the callback needs, from the library llama-cpp-python ships."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self.lib = lib
+
+
+class LayerCapture:
+    """The evaluation callback of one llama.cpp context. Idle (no block requested) it answers
+    every node's question with "no", so generation runs as without it."""
+
+    def __init__(self) -> None:
+        import llama_cpp.llama_cpp as C
+
+        self._ggml = _Ggml().lib
+        self._wanted: dict[bytes, int] = {}  # node name -> block
+        self._stop_after: bytes | None = None
+        self._rows: dict[int, list[np.ndarray]] = {}
+        self.callback = C.ggml_backend_sched_eval_callback(self._on_node)  # kept alive with this object
+
+    def _on_node(self, tensor: int, ask: bool, _user: int) -> bool:
+        if ask:
+            return bool(self._wanted) and self._ggml.ggml_get_name(tensor) in self._wanted
+        name = self._ggml.ggml_get_name(tensor)
+        ne = (ctypes.c_int64 * 4).from_address(tensor + _NE_OFFSET)
+        size = self._ggml.ggml_nbytes(tensor)
+        rows = np.empty((ne[1], ne[0]), dtype=np.float32)
+        if rows.nbytes == size:  # an F32 [hidden, tokens] tensor, as every l_out is
+            self._ggml.ggml_backend_tensor_get(tensor, rows.ctypes.data, 0, size)
+            self._rows[self._wanted[name]].append(rows)
+        # False stops the graph: extraction needs nothing past the deepest requested block
+        return name != self._stop_after
+
+    @contextlib.contextmanager
+    def armed(self, blocks: Sequence[int], *, stop_after_deepest: bool) -> Iterator[dict[int, list[np.ndarray]]]:
+        self._rows = {int(b): [] for b in blocks}
+        self._wanted = {node_name(b): int(b) for b in blocks}
+        self._stop_after = node_name(max(blocks)) if stop_after_deepest else None
+        try:
+            yield self._rows
+        finally:
+            self._wanted, self._stop_after = {}, None
+
+
+@contextlib.contextmanager
+def install(capture: LayerCapture) -> Iterator[None]:
+    """Every ``llama_cpp.Llama`` constructed inside gets ``capture`` as its evaluation callback."""
+    import llama_cpp.llama_cpp as C
+
+    with _install_lock:
+        original = C.llama_context_default_params
+
+        def params() -> Any:
+            p = original()
+            p.cb_eval = capture.callback
+            p.cb_eval_user_data = None
+            return p
+
+        C.llama_context_default_params = params
+        try:
+            yield
+        finally:
+            C.llama_context_default_params = original
+
+
+def chat_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """The prompt tokens llama-cpp-python's chat completion builds for ``messages`` with the
+    model's own chat template: equal tokens are what lets that completion reuse the KV cache."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("the model has no chat template in its GGUF metadata")
+    model = llama._model
+    fmt = Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(llama.token_eos()),
+                              bos_token=model.token_get_text(llama.token_bos()))
+    result = fmt(messages=messages)
+    return llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+
+def n_blocks(llama: Any) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_model_n_layer(llama._model.model))
+
+
+def pool(rows: dict[int, list[np.ndarray]], blocks: Sequence[int]) -> np.ndarray:
+    """Per block, in order: the mean over the prompt's positions (the first, an attention sink
+    with outsized states, left out) then the last position's state."""
+    parts = []
+    for b in blocks:
+        h = np.concatenate(rows[int(b)])
+        parts.append(h[1:].mean(axis=0) if len(h) > 1 else h[0])
+        parts.append(h[-1])
+    return np.concatenate(parts).astype(np.float32)
+
+
+def read(llama: Any, capture: LayerCapture, tokens: Sequence[int], blocks: Sequence[int], *,
+         keep: bool = True) -> np.ndarray:
+    """Evaluate ``tokens`` from an empty cache and return their pooled states of ``blocks``.
+
+    ``keep=True`` (an expert): the whole model runs and the prompt stays in the KV cache, so a
+    completion of the same tokens starts decoding at once. ``keep=False`` (extraction): the
+    graph stops after the deepest block and the cache is cleared.
+    """
+    blocks = [int(b) for b in blocks]
+    if not blocks or not tokens:
+        raise ValueError("read needs at least one block and one token")
+    n_layer = n_blocks(llama)
+    if min(blocks) < 1 or max(blocks) >= n_layer:  # the last block's output keeps only the rows for logits
+        raise ValueError(f"blocks must lie in 1..{n_layer - 1} for this model, got {blocks}")
+    llama.reset()
+    with capture.armed(blocks, stop_after_deepest=not keep) as rows:
+        llama.eval(list(tokens))
+    if not keep:  # the later blocks never ran: nothing in the cache may be reused
+        llama.reset()
+    if any(sum(len(r) for r in rows[b]) != len(tokens) for b in blocks):
+        raise RuntimeError("llama.cpp did not hand over every position's state")
+    return pool(rows, blocks)

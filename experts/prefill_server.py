@@ -1,0 +1,84 @@
+"""A llama.cpp expert that hands its prefill states to the router (``llamacpp.share_prefill``).
+
+    python -m experts.prefill_server --model model.gguf --model_alias local --port 8090
+
+The whole of ``llama_cpp.server`` (same flags, same OpenAI-compatible routes), plus one route:
+
+    POST /v1/prefill  {"messages": [...], "blocks": [18]}
+    → {"model", "blocks", "hidden", "tokens", "features": [...], "prefill_ms"}
+
+It prefills the conversation exactly as a chat completion of those messages would (the GGUF's own
+chat template), returns the pooled hidden states after the requested blocks
+(``core.layer_states``: per block the mean over positions, then the last position), and leaves the
+prompt in the KV cache. A chat completion of the same messages that comes next starts decoding at
+once: llama-cpp-python reuses a cached prompt. One request at a time holds the model (the
+server's own lock), so a different prompt arriving in between evicts the cached one; the answer
+is then prefilled as usual, just not shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+PREFILL_PATH = "/v1/prefill"
+
+
+class PrefillRequest(BaseModel):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    blocks: list[int] = Field(min_length=1, max_length=16)
+
+
+def add_prefill_route(app: Any, capture: Any) -> None:
+    from fastapi import Depends
+    from fastapi.responses import JSONResponse
+    from llama_cpp.server.app import authenticate, get_llama_proxy
+    from starlette.concurrency import run_in_threadpool
+
+    from core import layer_states
+
+    def run(llama: Any, body: PrefillRequest) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        tokens = layer_states.chat_tokens(llama, body.messages)
+        if len(tokens) > llama.n_ctx():
+            raise ValueError(f"the prompt has {len(tokens)} tokens; this expert's context holds {llama.n_ctx()}")
+        features = layer_states.read(llama, capture, tokens, body.blocks, keep=True)
+        return {"blocks": body.blocks, "hidden": int(llama.n_embd()), "tokens": len(tokens),
+                "features": features.tolist(), "prefill_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+
+    @app.post(PREFILL_PATH, dependencies=[Depends(authenticate)], include_in_schema=True, tags=["expertmux"])
+    async def prefill(body: PrefillRequest, llama_proxy: Any = Depends(get_llama_proxy)) -> JSONResponse:
+        llama = llama_proxy(None)
+        try:
+            out = await run_in_threadpool(run, llama, body)
+        except (ValueError, TypeError, KeyError) as exc:  # bad blocks, messages the template cannot format
+            return JSONResponse({"error": {"message": f"prefill: {exc}", "type": "invalid_request_error",
+                                           "param": None, "code": None}}, status_code=400)
+        return JSONResponse({"model": llama_proxy._current_model_alias, **out})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
+    from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
+
+    from core import layer_states
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args_from_model(parser, Settings)
+    args = parser.parse_args(argv)
+    server_settings = parse_model_from_args(ServerSettings, args)
+    model_settings = [parse_model_from_args(ModelSettings, args)]
+    capture = layer_states.LayerCapture()
+    with layer_states.install(capture):  # the model loads inside create_app
+        app = create_app(server_settings=server_settings, model_settings=model_settings)
+    add_prefill_route(app, capture)
+    uvicorn.run(app, host=server_settings.host, port=server_settings.port)
+
+
+if __name__ == "__main__":
+    main()

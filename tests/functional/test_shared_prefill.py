@@ -1,0 +1,157 @@
+"""A probe reading a local llama.cpp expert's own prefill: the states, the kept KV cache, the proxy path.
+
+Real llama.cpp (the packaged SmolLM2-135M), the expert's real server process, the official
+``openai`` client and the ledger.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from core.settings import Settings
+from tests.conftest import remote_expert, write_config
+from tests.support import fake_openai
+from tests.support.routing_matrix import make_frame
+from tests.support.servers import ledger_row, serve_in_thread
+
+pytestmark = pytest.mark.slow
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make install builds it)")
+
+QUESTION = "What is the capital of France? Answer in one word."
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    import llama_cpp
+
+    from core import layer_states
+    from core.model_files import SMOLLM2, resolve_gguf
+
+    capture = layer_states.LayerCapture()
+    with layer_states.install(capture):
+        model = llama_cpp.Llama(str(resolve_gguf(SMOLLM2, data_dir=tmp_path_factory.mktemp("models"))), n_ctx=1024,
+                                n_threads=2, verbose=False)
+    return model, capture
+
+
+def _evals(model, monkeypatch) -> list[int]:
+    """Lengths of every evaluation the model runs from now on."""
+    sizes: list[int] = []
+    real = model.eval
+
+    def counting(tokens):
+        sizes.append(len(tokens))
+        return real(tokens)
+
+    monkeypatch.setattr(model, "eval", counting)
+    return sizes
+
+
+def test_states_are_those_of_the_full_pass_and_the_answer_skips_its_prefill(llama, monkeypatch):
+    from core import layer_states
+
+    model, capture = llama
+    messages = [{"role": "user", "content": QUESTION}]
+    tokens = layer_states.chat_tokens(model, messages)
+    cold = model.create_chat_completion(messages=messages, max_tokens=6, temperature=0)["choices"][0]["message"]["content"]
+
+    cut = layer_states.read(model, capture, tokens, [6, 18], keep=False)  # stops after block 18
+    full = layer_states.read(model, capture, tokens, [6, 18], keep=True)  # the whole model, prompt kept
+    assert cut.shape == (2 * 2 * model.n_embd(),) and np.isfinite(cut).all()
+    np.testing.assert_array_equal(cut, full)
+    assert not np.allclose(full[: model.n_embd()], full[2 * model.n_embd(): 3 * model.n_embd()])  # blocks 6 and 18 differ
+
+    sizes = _evals(model, monkeypatch)
+    shared = model.create_chat_completion(messages=messages, max_tokens=6, temperature=0)["choices"][0]["message"]["content"]
+    assert shared == cold  # the same greedy answer
+    assert sizes and max(sizes) == 1  # only the generated tokens were evaluated: no prompt prefill
+    sizes.clear()
+    model.reset()
+    model.create_chat_completion(messages=messages, max_tokens=2, temperature=0)
+    assert sizes[0] == len(tokens)  # without the shared prefill the prompt is evaluated
+
+
+def test_a_prompt_states_do_not_depend_on_what_came_before(llama):
+    from core import layer_states
+
+    model, capture = llama
+    toks = layer_states.chat_tokens(model, [{"role": "user", "content": QUESTION}])
+    other = layer_states.chat_tokens(model, [{"role": "user", "content": "Write a haiku about rain " * 30}])
+    first = layer_states.read(model, capture, toks, [12], keep=True)
+    layer_states.read(model, capture, other, [12], keep=True)  # a long prompt in between, across two batches
+    np.testing.assert_array_equal(first, layer_states.read(model, capture, toks, [12], keep=False))
+    with pytest.raises(ValueError, match="blocks must lie in 1..29"):
+        layer_states.read(model, capture, toks, [30])
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory):
+    from api.app import create_app
+    from policies.artifacts import save_artifact
+    from policies.data import RoutingData
+    from policies.features import configure_feature_stores
+    from policies.registry import create_policy
+
+    root = tmp_path_factory.mktemp("shared-prefill")
+    configure_feature_stores(data_dir=root / "var")
+    data = RoutingData.from_frame(make_frame(n_per_task=8, seed=5), name="synthetic")
+    train = data.subset(np.flatnonzero(data.split == "train"))
+    probe = create_policy("probe", runtime="llamacpp", layer=6, pooling="both", cv_folds=2).fit(train)
+    artifact = save_artifact(probe, root / "probe", data=train)
+    behaviour = fake_openai.Behaviour(answer="remote answer")
+    with serve_in_thread(fake_openai.make_app(behaviour)) as remote_url:
+        experts = [{"name": "local", "backend": "llamacpp", "model": "smollm2-135m-instruct",
+                    "input_usd_per_mtok": 0.05, "output_usd_per_mtok": 0.1,
+                    "llamacpp": {"share_prefill": True, "n_ctx": 1024}},
+                   remote_expert("remote", remote_url)]
+        expert_map = {"small": "local", "mid": "remote", "large": "remote"}
+        config = write_config(root / "expertmux.yaml", experts, {
+            "active": "probe", "lambda": 0, "options": {"probe": {"artifact": str(artifact), "expert_map": expert_map}}})
+        settings = Settings(config=config, data_dir=root / "var", autostart_experts=True, supervise_interval_s=0,
+                            autolearn=False)
+        app = create_app(settings)
+        with serve_in_thread(app, startup_timeout=300) as url:
+            yield url, app
+
+
+_row = ledger_row
+
+
+def test_the_proxy_reads_the_experts_prefill_and_the_expert_answers_from_its_cache(shared_app):
+    url, app = shared_app
+    service = app.state.service
+    expert = service.experts["local"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+    before = expert.backend.log_path.read_text(errors="replace").count("full prompt already cached")
+    raw = client.chat.completions.with_raw_response.create(
+        model="expertmux/probe", messages=[{"role": "user", "content": QUESTION}], max_tokens=8, temperature=0,
+        extra_body={"expertmux": {"allowed_experts": ["local"]}})
+    resp = raw.parse()
+    assert raw.headers["x-expertmux-expert"] == "local" and resp.choices[0].message.content.strip()
+    assert service.prefill.handed_over == 1
+    row = _row(app, raw.headers["x-expertmux-request-id"])
+    assert row.decision["timing"]["shared_prefill_ms"] > 0
+    log = expert.backend.log_path.read_text(errors="replace")
+    assert log.count("full prompt already cached") == before + 1  # the answer decoded from the kept prompt
+
+    # the features handed over are the ones this process would compute for the same conversation
+    policy = service.policies.get("probe")
+    body = httpx.post(f"{expert.backend.api_base}/prefill", timeout=60,
+                      json={"messages": [{"role": "user", "content": "Name a river in Egypt."}], "blocks": [6]}).json()
+    from policies.prefill_states import prefill_encoder
+
+    local = prefill_encoder("smollm2-135m-instruct", [6]).backend.encode(["Name a river in Egypt."])[0]
+    np.testing.assert_allclose(np.asarray(body["features"], dtype=np.float32), local, rtol=0, atol=1e-5)
+    assert policy.served_prefill() == ("smollm2-135m-instruct", (6,))
+
+
+def test_bad_prefill_requests_get_a_clear_4xx(shared_app):
+    _, app = shared_app
+    base = app.state.service.experts["local"].backend.api_base
+    r = httpx.post(f"{base}/prefill", json={"messages": [{"role": "user", "content": "hi"}], "blocks": [99]}, timeout=30)
+    assert r.status_code == 400 and "blocks must lie in 1..29" in r.json()["error"]["message"]
+    assert httpx.post(f"{base}/prefill", json={"messages": [], "blocks": [6]}, timeout=30).status_code == 422

@@ -1,0 +1,131 @@
+"""Sharing a local expert's prefill: configuration, the handed-over vector, the router's fallback."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from core.config import ExpertConfig
+from core.errors import PolicyError
+from experts.backends.llamacpp import LlamaCppBackend
+from router.request.prefill import SharedPrefill
+
+
+def _config(**llamacpp) -> ExpertConfig:
+    return ExpertConfig(name="local", backend="llamacpp", model="smollm2-135m-instruct", llamacpp=llamacpp)
+
+
+def test_share_prefill_runs_the_prefill_server_and_needs_the_models_own_template(tmp_path, monkeypatch):
+    monkeypatch.setattr("experts.backends.llamacpp.resolve_gguf", lambda *a, **k: tmp_path / "m.gguf")
+    assert LlamaCppBackend(_config(), data_dir=tmp_path).command(9000)[2] == "llama_cpp.server"
+    shared = LlamaCppBackend(_config(share_prefill=True), data_dir=tmp_path)
+    assert shared.command(9000)[2] == "experts.prefill_server" and shared.shares_prefill
+    with pytest.raises(ValidationError, match="leave chat_format unset"):
+        _config(share_prefill=True, chat_format="chatml")
+
+
+class _Backend:
+    def __init__(self, id_: str, dim: int) -> None:
+        self.id, self.dim, self.calls = id_, dim, 0
+
+    def encode(self, texts):
+        self.calls += 1
+        return np.ones((len(texts), self.dim), dtype=np.float32)
+
+
+def test_an_encoder_holds_a_vector_computed_elsewhere_and_rejects_a_wrong_one():
+    from policies.embeddings import Encoder
+
+    backend = _Backend("fake", 4)
+    enc = Encoder(backend)
+    enc.put("prompt", np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(enc.encode(["prompt"])[0], np.arange(4))
+    assert backend.calls == 0  # nothing computed here
+    with pytest.raises(PolicyError, match="expected 4 finite numbers"):
+        enc.put("other", np.zeros(5))
+    with pytest.raises(PolicyError, match="expected 4 finite numbers"):
+        enc.put("other", np.array([0, 1, np.nan, 2]))
+
+
+class _Policy:
+    name = "probe"
+
+    def __init__(self, wanted=("smollm2-135m-instruct", (18,))) -> None:
+        self.wanted, self.accepted = wanted, []
+
+    def served_prefill(self):
+        return self.wanted
+
+    def accept_prefill(self, prompt, features):
+        self.accepted.append((prompt, features))
+
+
+class _Registry:
+    def __init__(self, *, share=True, model="smollm2-135m-instruct", down=False) -> None:
+        backend = SimpleNamespace(shares_prefill=share, api_base="http://local.test/v1", api_key="k")
+        self.experts = [SimpleNamespace(name="local", backend=backend, config=SimpleNamespace(model=model))]
+        self.down = down
+
+    def __iter__(self):
+        return iter(self.experts)
+
+    def unavailable(self):
+        return frozenset({"local"} if self.down else ())
+
+
+async def test_the_router_hands_the_experts_states_to_the_policy():
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), json.loads(request.content)))
+        return httpx.Response(200, json={"features": [0.5, 1.5], "tokens": 12})
+
+    share = SharedPrefill(_Registry(), client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    policy = _Policy()
+    out = await share.offer(policy, "user: hi", lambda: [{"role": "user", "content": "hi"}])
+    assert out["shared"] and out["tokens"] == 12 and share.handed_over == 1
+    assert seen == [("http://local.test/v1/prefill", {"messages": [{"role": "user", "content": "hi"}], "blocks": [18]})]
+    assert policy.accepted[0][0] == "user: hi"
+    np.testing.assert_array_equal(policy.accepted[0][1], [0.5, 1.5])
+
+
+@pytest.mark.parametrize("registry, wanted", [
+    (dict(share=False), ("smollm2-135m-instruct", (18,))),  # the expert does not share
+    (dict(model="gemma3-270m"), ("smollm2-135m-instruct", (18,))),  # it serves another model
+    (dict(down=True), ("smollm2-135m-instruct", (18,))),  # it is not running
+    (dict(), None),  # the policy reads no prefill
+])
+async def test_no_request_is_made_when_no_expert_shares_what_the_policy_reads(registry, wanted):
+    def fail(request):  # pragma: no cover - reaching it fails the test
+        raise AssertionError("no request expected")
+
+    share = SharedPrefill(_Registry(**registry), client=httpx.AsyncClient(transport=httpx.MockTransport(fail)))
+    policy = _Policy(wanted)
+    assert await share.offer(policy, "p", lambda: []) is None and not policy.accepted
+
+
+async def test_a_failing_expert_leaves_the_features_to_the_policy():
+    share = SharedPrefill(_Registry(), client=httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(500, json={"error": "boom"}))))
+    policy = _Policy()
+    assert await share.offer(policy, "p", lambda: []) == {"expert": "local", "shared": False}
+    assert not policy.accepted and share.handed_over == 0
+
+
+def test_a_probe_names_what_it_reads_only_with_the_llamacpp_runtime():
+    from policies.probe import ProbePolicy
+
+    probe = ProbePolicy(runtime="llamacpp")
+    assert probe.served_prefill() is None  # not fitted
+    probe.layer_ = 12
+    assert probe.served_prefill() == ("smollm2-135m-instruct", (12,))
+    other = ProbePolicy()
+    other.layer_ = 12
+    assert other.served_prefill() is None
+    with pytest.raises(PolicyError, match="reads no expert's prefill"):
+        other.accept_prefill("p", np.zeros(3))
