@@ -29,9 +29,7 @@ class LlamaCppOptions(_Strict):
     port: int = 0  # 0 = a free loopback port
     startup_timeout_s: float = 120.0
     extra_args: list[str] = Field(default_factory=list)
-    # Hand this expert's prefill states to a probe that reads this model (probe runtime
-    # "llamacpp"): the routing forward pass is the expert's own prefill, kept for its answer
-    share_prefill: bool = False
+    share_prefill: bool = False  # hand its prefill states to a probe reading this model (runtime "llamacpp"); the answer reuses them
 
     @model_validator(mode="after")
     def _template_for_sharing(self) -> LlamaCppOptions:
