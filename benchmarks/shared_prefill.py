@@ -67,6 +67,35 @@ def first_token_ms(client, model: str, prompt: str, expert: str, max_tokens: int
     return (first if first is not None else time.perf_counter() - t0) * 1e3
 
 
+def callback_overhead(prompts: list[str], rounds: int = 3, tokens: int = 64) -> dict:
+    """What the evaluation callback costs an expert that shares its prefill while nothing is being
+    read: generation with and without it, same model and prompts, alternating (best of rounds)."""
+    import llama_cpp
+
+    from core import layer_states
+    from core.model_files import SMOLLM2, resolve_gguf
+
+    path = str(resolve_gguf(SMOLLM2, data_dir=REPO / "var"))
+    plain = llama_cpp.Llama(path, n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+    capture = layer_states.LayerCapture()
+    with layer_states.install(capture):
+        hooked = llama_cpp.Llama(path, n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+    best = {"plain": [np.inf] * len(prompts), "callback": [np.inf] * len(prompts)}
+    generated = {}
+    for _ in range(rounds):
+        for name, llm in (("plain", plain), ("callback", hooked)):
+            for i, p in enumerate(prompts):
+                llm.reset()
+                t0 = time.perf_counter()
+                out = llm.create_chat_completion(messages=[{"role": "user", "content": p}], max_tokens=tokens, temperature=0)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+                generated[(name, i)] = out["usage"]["completion_tokens"]
+    total = {k: float(sum(v)) for k, v in best.items()}
+    n_tokens = sum(generated[("plain", i)] for i in range(len(prompts)))
+    return {"prompts": len(prompts), "completion_tokens": n_tokens, "plain_s": total["plain"], "callback_s": total["callback"],
+            "ratio": total["callback"] / total["plain"]}
+
+
 def summary(values: list[float]) -> dict:
     a = np.asarray(values)
     return {"n": len(a), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
@@ -101,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         i = next(counter)
         return f"{test[i % len(test)]}\n\n(request {i})"
 
+    overhead = callback_overhead(test[:8])
+    print(overhead, flush=True)
     procs = [start([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(up := free_port())], dict(os.environ),
                    work / "upstream.log")]
     wait_http(f"http://127.0.0.1:{up}/health", 60, procs[0])
@@ -145,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['mean_ms']:.0f} | {over:+.0f} |")
     text = "\n".join(rows) + (f"\n\n{args.requests} requests per row, one client, streaming, {args.max_tokens} tokens; "
                               f"probe block {args.layer}; load average at the end {load[0]:.2f}\n")
-    write_json(args.json, {"results": results, "load_avg": load, "layer": args.layer})
+    text += (f"\nThe evaluation callback while nothing is read (in-process, {overhead['prompts']} prompts, "
+             f"{overhead['completion_tokens']} tokens, best of 3): {overhead['plain_s']:.2f} s without it, "
+             f"{overhead['callback_s']:.2f} s with it (×{overhead['ratio']:.3f})\n")
+    write_json(args.json, {"results": results, "load_avg": load, "layer": args.layer, "callback_overhead": overhead})
     write_text(args.markdown, text)
     print(text)
 

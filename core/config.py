@@ -20,7 +20,7 @@ class _Strict(BaseModel):
 
 
 class LlamaCppOptions(_Strict):
-    """Arguments for one ``llama_cpp.server`` subprocess."""
+    """Arguments for one ``experts.llamacpp_server`` subprocess (``llama_cpp.server``, evaluating on one thread)."""
 
     model_path: str | None = None  # default: resolved from the expert's ``model`` (a packaged GGUF)
     n_threads: int = 2

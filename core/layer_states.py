@@ -10,7 +10,7 @@ callback (``cb_eval``), asked about every graph node and handed the ones it want
 The residual stream after block ``b`` (1-based, the count of blocks applied, as in
 ``transformers``' ``hidden_states[b]``) is the node llama.cpp names ``l_out-{b-1}``.
 
-Used by both sides of the split: the expert server (``experts.prefill_server``) and the probe's
+Used by both sides of the split: the expert server (``experts.llamacpp_server``) and the probe's
 feature extraction for training (``policies.prefill_states``), so a feature means the same in
 both. ``install()`` must wrap the construction of the ``llama_cpp.Llama`` (the callback is a
 context parameter); ``read()`` then evaluates a prompt into the model's KV cache and returns its
@@ -24,11 +24,12 @@ import ctypes
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 POOLINGS = ("mean", "last")
+WINDOW = 63  # positions in the mean, as the transformers runtime reads a BOS and the last 63 tokens
 _NE_OFFSET = 16  # struct ggml_tensor: enum type (4 bytes, padded to 8), buffer pointer, then int64 ne[4]
 _install_lock = threading.Lock()
 
@@ -110,9 +111,16 @@ def install(capture: LayerCapture) -> Iterator[None]:
             C.llama_context_default_params = original
 
 
-def chat_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
+class ChatPrompt(NamedTuple):
+    tokens: list[int]
+    span: tuple[int, int] | None  # token positions of the last user message's text, if found
+
+
+def chat_prompt(llama: Any, messages: list[dict[str, Any]]) -> ChatPrompt:
     """The prompt tokens llama-cpp-python's chat completion builds for ``messages`` with the
-    model's own chat template: equal tokens are what lets that completion reuse the KV cache."""
+    model's own chat template (equal tokens are what lets that completion reuse the KV cache),
+    and where in them the last user message's text lies: the probe reads that text, not the
+    template's system prompt and role markers around it."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llama.metadata.get("tokenizer.chat_template")
@@ -122,7 +130,31 @@ def chat_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
     fmt = Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(llama.token_eos()),
                               bos_token=model.token_get_text(llama.token_bos()))
     result = fmt(messages=messages)
-    return llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+    text = result.prompt
+    ids = llama.tokenize(text.encode("utf-8"), add_bos=not result.added_special, special=True)
+    content = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+    start = text.rfind(content) if isinstance(content, str) and content.strip() else -1
+    return ChatPrompt(ids, _token_span(llama, ids, text, start, len(content)) if start >= 0 else None)
+
+
+def _token_span(llama: Any, ids: list[int], text: str, start: int, length: int) -> tuple[int, int] | None:
+    """The tokens covering characters ``start:start+length`` of ``text`` (a token across the edge
+    counts in), by the byte length of each token's piece; None if the pieces do not spell ``text``."""
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(256)
+    pieces = []
+    for t in ids:
+        n = llama_cpp.llama_token_to_piece(llama._model.vocab, t, buf, len(buf), 0, True)
+        pieces.append(buf.raw[: max(n, 0)])
+    spelled, raw = b"".join(pieces), text.encode("utf-8")
+    if not spelled.endswith(raw):
+        return None
+    a = len(spelled) - len(raw) + len(text[:start].encode("utf-8"))  # a BOS the tokenizer added comes first
+    b = a + len(text[start: start + length].encode("utf-8"))
+    ends = np.cumsum([len(p) for p in pieces])
+    first, last = int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(ends, b, side="left"))
+    return (first, last + 1) if first <= last < len(ids) else None
 
 
 def n_blocks(llama: Any) -> int:
@@ -131,20 +163,25 @@ def n_blocks(llama: Any) -> int:
     return int(llama_cpp.llama_model_n_layer(llama._model.model))
 
 
-def pool(rows: dict[int, list[np.ndarray]], blocks: Sequence[int]) -> np.ndarray:
-    """Per block, in order: the mean over the prompt's positions (the first, an attention sink
-    with outsized states, left out) then the last position's state."""
+def pool(rows: dict[int, list[np.ndarray]], blocks: Sequence[int], span: tuple[int, int] | None = None) -> np.ndarray:
+    """Per block, in order: the mean over the last ``WINDOW`` positions of ``span`` (the user's
+    message; the whole prompt but its first position, an attention sink, when None), then the
+    state at the span's last position. The same pooling as the ``transformers`` runtime of
+    ``policies.activations`` (a BOS and the text's last 63 tokens), here inside the chat template."""
     parts = []
     for b in blocks:
         h = np.concatenate(rows[int(b)])
-        parts.append(h[1:].mean(axis=0) if len(h) > 1 else h[0])
-        parts.append(h[-1])
+        start, stop = span if span is not None else (min(1, len(h) - 1), len(h))
+        body = h[max(start, stop - WINDOW):stop]
+        parts.append(body.mean(axis=0))
+        parts.append(h[stop - 1])
     return np.concatenate(parts).astype(np.float32)
 
 
 def read(llama: Any, capture: LayerCapture, tokens: Sequence[int], blocks: Sequence[int], *,
-         keep: bool = True) -> np.ndarray:
-    """Evaluate ``tokens`` from an empty cache and return their pooled states of ``blocks``.
+         span: tuple[int, int] | None = None, keep: bool = True) -> np.ndarray:
+    """Evaluate ``tokens`` from an empty cache and return their pooled states of ``blocks``
+    (``pool`` over ``span``).
 
     ``keep=True`` (an expert): the whole model runs and the prompt stays in the KV cache, so a
     completion of the same tokens starts decoding at once. ``keep=False`` (extraction): the
@@ -163,4 +200,4 @@ def read(llama: Any, capture: LayerCapture, tokens: Sequence[int], blocks: Seque
         llama.reset()
     if any(sum(len(r) for r in rows[b]) != len(tokens) for b in blocks):
         raise RuntimeError("llama.cpp did not hand over every position's state")
-    return pool(rows, blocks)
+    return pool(rows, blocks, span)

@@ -1,8 +1,10 @@
 """Probe features read from a GGUF model's own prefill (the probe's ``runtime="llamacpp"``).
 
 The same hidden states a local llama.cpp expert computes when it prefills a prompt
-(``core.layer_states``): the prompt as the user's message in the model's chat template, the
-whole prompt (no cap: the expert reads all of it), the GGUF's own weights (quantised as shipped).
+(``core.layer_states``): the prompt as the user's message in the model's chat template, read in
+that context (the expert evaluates all of it), pooled over the message's text as the
+``transformers`` runtime pools (mean of its last 63 tokens, and its last token's state), from the
+GGUF's own weights (quantised as shipped).
 A probe fitted on these features can be served from the expert itself — it hands its states over
 and keeps the prompt in its KV cache, so the routing forward pass is the expert's prefill — or,
 when no such expert is up, from this process with the same code.
@@ -28,7 +30,9 @@ N_CTX = 4096  # longer prompts keep their last tokens (a local expert's context 
 
 def backend_id(model: str, layers: Sequence[int]) -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).stem if model.endswith(".gguf") else Path(model).name)
-    return f"prefill-{slug}-L{'-'.join(str(int(x)) for x in layers)}"
+    from core.layer_states import WINDOW
+
+    return f"prefill-{slug}-L{'-'.join(str(int(x)) for x in layers)}-u{WINDOW}"
 
 
 def as_messages(text: str) -> list[dict[str, str]]:
@@ -55,7 +59,7 @@ class PrefillStateBackend:
         if self._llama is None:
             import llama_cpp
 
-            from core import layer_states
+            from core import layer_states, llama_thread
             from core.errors import ConfigError
             from core.model_files import resolve_gguf
 
@@ -63,6 +67,7 @@ class PrefillStateBackend:
                 path = resolve_gguf(self.model, data_dir=model_home.data_dir())
             except ConfigError as exc:
                 raise PolicyError(f"probe runtime llamacpp: {exc.message}") from exc
+            llama_thread.pin_evaluations()  # callers come from several threads (features, fitting)
             capture = layer_states.LayerCapture()
             with layer_states.install(capture):
                 llama = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=self.threads, n_threads_batch=self.threads,
@@ -87,11 +92,21 @@ class PrefillStateBackend:
     def dim(self) -> int:
         return len(self.layers) * 2 * self.hidden
 
-    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    def prompts(self, texts: Sequence[str]) -> list:
+        """Each text's chat prompt, cut to its last ``N_CTX`` tokens (the span shifted with it)."""
         from core import layer_states
 
         llama, _ = self._load()
-        return [layer_states.chat_tokens(llama, as_messages(t))[-N_CTX:] for t in texts]
+        out = []
+        for t in texts:
+            p = layer_states.chat_prompt(llama, as_messages(t))
+            cut = max(0, len(p.tokens) - N_CTX)
+            span = None if p.span is None or p.span[1] <= cut else (max(p.span[0] - cut, 0), p.span[1] - cut)
+            out.append(layer_states.ChatPrompt(p.tokens[cut:], span))
+        return out
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [p.tokens for p in self.prompts(texts)]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         from core import layer_states
@@ -99,8 +114,8 @@ class PrefillStateBackend:
         with self._lock:
             llama, capture = self._load()
             out = np.zeros((len(texts), self.dim), dtype=np.float32)
-            for i, ids in enumerate(self.token_ids(texts)):
-                out[i] = layer_states.read(llama, capture, ids, self.layers, keep=False)
+            for i, p in enumerate(self.prompts(texts)):
+                out[i] = layer_states.read(llama, capture, p.tokens, self.layers, span=p.span, keep=False)
             return out
 
 

@@ -1,5 +1,6 @@
-"""llama.cpp expert: one ``llama_cpp.server`` subprocess per expert on a loopback port (with
-``share_prefill``, ``experts.prefill_server``: the same server that also hands over its prefill states)."""
+"""llama.cpp expert: one ``experts.llamacpp_server`` subprocess per expert on a loopback port
+(``llama_cpp.server`` evaluating on one thread; with ``share_prefill`` it also hands over its
+prefill states)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class LlamaCppBackend(ProcessBackend):
         opts = self.config.llamacpp
         model = resolve_gguf(self.config.model, data_dir=self.data_dir, model_path=opts.model_path)
         cmd = [
-            sys.executable, "-m", "experts.prefill_server" if opts.share_prefill else "llama_cpp.server",
+            sys.executable, "-m", "experts.llamacpp_server",
             "--model", str(model),
             "--model_alias", self.config.name,
             "--host", "127.0.0.1",
@@ -45,4 +46,6 @@ class LlamaCppBackend(ProcessBackend):
         ]
         if opts.chat_format:
             cmd += ["--chat_format", opts.chat_format]
+        if opts.share_prefill:
+            cmd += ["--share_prefill"]
         return cmd + list(opts.extra_args)

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from core import llama_thread
 from core.errors import ExpertmuxError, InvalidRequestError
 from experts.r2r.service import R2RService
 from experts.r2r.usage import split
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = parse_args(argv)
+    llama_thread.pin_evaluations()  # requests arrive on several threads; the two models evaluate on one
     try:
         service, model_id = build_service(args)
     except ExpertmuxError as exc:

@@ -56,11 +56,11 @@ def test_states_are_those_of_the_full_pass_and_the_answer_skips_its_prefill(llam
 
     model, capture = llama
     messages = [{"role": "user", "content": QUESTION}]
-    tokens = layer_states.chat_tokens(model, messages)
+    tokens, span = layer_states.chat_prompt(model, messages)
     cold = model.create_chat_completion(messages=messages, max_tokens=6, temperature=0)["choices"][0]["message"]["content"]
 
-    cut = layer_states.read(model, capture, tokens, [6, 18], keep=False)  # stops after block 18
-    full = layer_states.read(model, capture, tokens, [6, 18], keep=True)  # the whole model, prompt kept
+    cut = layer_states.read(model, capture, tokens, [6, 18], span=span, keep=False)  # stops after block 18
+    full = layer_states.read(model, capture, tokens, [6, 18], span=span, keep=True)  # the whole model, prompt kept
     assert cut.shape == (2 * 2 * model.n_embd(),) and np.isfinite(cut).all()
     np.testing.assert_array_equal(cut, full)
     assert not np.allclose(full[: model.n_embd()], full[2 * model.n_embd(): 3 * model.n_embd()])  # blocks 6 and 18 differ
@@ -79,13 +79,39 @@ def test_a_prompt_states_do_not_depend_on_what_came_before(llama):
     from core import layer_states
 
     model, capture = llama
-    toks = layer_states.chat_tokens(model, [{"role": "user", "content": QUESTION}])
-    other = layer_states.chat_tokens(model, [{"role": "user", "content": "Write a haiku about rain " * 30}])
+    toks = layer_states.chat_prompt(model, [{"role": "user", "content": QUESTION}]).tokens
+    other = layer_states.chat_prompt(model, [{"role": "user", "content": "Write a haiku about rain " * 30}]).tokens
     first = layer_states.read(model, capture, toks, [12], keep=True)
     layer_states.read(model, capture, other, [12], keep=True)  # a long prompt in between, across two batches
     np.testing.assert_array_equal(first, layer_states.read(model, capture, toks, [12], keep=False))
     with pytest.raises(ValueError, match="blocks must lie in 1..29"):
         layer_states.read(model, capture, toks, [30])
+
+
+def test_the_features_pool_the_users_text_not_the_template_around_it(llama):
+    from core import layer_states
+
+    model, capture = llama
+    conversation = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+                    {"role": "user", "content": QUESTION}]
+    tokens, (start, stop) = layer_states.chat_prompt(model, conversation)
+    assert model.detokenize(tokens[start:stop]).decode() == QUESTION  # the last user message, exactly
+    assert 0 < start < stop < len(tokens)  # the template's system prompt and role markers lie outside it
+    hidden = model.n_embd()
+    pooled = layer_states.read(model, capture, tokens, [9], span=(start, stop), keep=False)
+    whole = layer_states.read(model, capture, tokens, [9], keep=False)
+    assert not np.allclose(pooled[:hidden], whole[:hidden])  # a different mean ...
+    assert not np.allclose(pooled[hidden:], whole[hidden:])  # ... and the message's last token, not the template's
+
+    long = "Explain the rules of chess. " * 40  # longer than the pooling window
+    tokens, (start, stop) = layer_states.chat_prompt(model, [{"role": "user", "content": long}])
+    with capture.armed([9], stop_after_deepest=True) as rows:
+        model.reset()
+        model.eval(tokens)
+    model.reset()
+    states = np.concatenate(rows[9])
+    np.testing.assert_allclose(layer_states.pool(rows, [9], (start, stop))[:hidden],
+                               states[stop - layer_states.WINDOW: stop].mean(axis=0), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

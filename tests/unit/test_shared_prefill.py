@@ -20,11 +20,12 @@ def _config(**llamacpp) -> ExpertConfig:
     return ExpertConfig(name="local", backend="llamacpp", model="smollm2-135m-instruct", llamacpp=llamacpp)
 
 
-def test_share_prefill_runs_the_prefill_server_and_needs_the_models_own_template(tmp_path, monkeypatch):
+def test_share_prefill_adds_the_prefill_route_and_needs_the_models_own_template(tmp_path, monkeypatch):
     monkeypatch.setattr("experts.backends.llamacpp.resolve_gguf", lambda *a, **k: tmp_path / "m.gguf")
-    assert LlamaCppBackend(_config(), data_dir=tmp_path).command(9000)[2] == "llama_cpp.server"
+    plain = LlamaCppBackend(_config(), data_dir=tmp_path)
+    assert plain.command(9000)[2] == "experts.llamacpp_server" and "--share_prefill" not in plain.command(9000)
     shared = LlamaCppBackend(_config(share_prefill=True), data_dir=tmp_path)
-    assert shared.command(9000)[2] == "experts.prefill_server" and shared.shares_prefill
+    assert shared.command(9000)[-1] == "--share_prefill" and shared.shares_prefill
     with pytest.raises(ValidationError, match="leave chat_format unset"):
         _config(share_prefill=True, chat_format="chatml")
 
