@@ -3,9 +3,9 @@
 
 The packaged SmolLM2-135M, the same flags for both (2 threads, the expert's defaults), the official
 ``openai`` client streaming chat completions, every prompt new (a test prompt plus a request
-number). The servers take turns (A B A B …) so drift on the machine falls on both alike. Reported:
-time to first token and the decode time per generated token (first to last token over the
-tokens after the first), p50 and p90 over all requests of a server.
+number; both servers get the same prompts). The servers take turns (A B A B …) so drift on the
+machine falls on both alike. Reported: time to first token and the decode time per generated token
+(first to last token over the tokens after the first), p50 and p90 over all requests of a server.
 
     python -m benchmarks.llamacpp_threads --data ../shared/data/llmrouter --requests 24 --turns 2 \
         --json var/bench/llamacpp_threads.json --markdown var/bench/llamacpp_threads.md
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="llamacpp-threads-"))
     ttft: dict[str, list[float]] = {k: [] for k in SERVERS}
     decode: dict[str, list[float]] = {k: [] for k in SERVERS}
-    n = 0
     for turn in range(args.turns):
         for module in SERVERS:
             port = free_port()
@@ -77,9 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                 wait_http(f"http://127.0.0.1:{port}/v1/models", 120, proc)
                 client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
                 stream_once(client, "Say hello.", 4)  # warm-up
-                for _ in range(args.requests):
-                    first, per_token = stream_once(client, f"{test[n % len(test)]}\n\n(request {n})", args.max_tokens)
-                    n += 1
+                for i in range(turn * args.requests, (turn + 1) * args.requests):  # both servers: the same prompts
+                    first, per_token = stream_once(client, f"{test[i % len(test)]}\n\n(request {i})", args.max_tokens)
                     ttft[module].append(first)
                     if per_token is not None:
                         decode[module].append(per_token)

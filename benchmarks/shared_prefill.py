@@ -124,11 +124,9 @@ def main(argv: list[str] | None = None) -> None:
                                   {"runtime": "llamacpp", "layer": args.layer, "pooling": "both"})
     data = RoutingData.load(args.data)
     test = [p for p, s in zip(data.prompts, data.split) if s == "test"]
-    counter = iter(range(10**9))
-
-    def prompt() -> str:
-        i = next(counter)
-        return f"{test[i % len(test)]}\n\n(request {i})"
+    # Every server gets the same prompts in the same order (their experts are separate processes,
+    # so no cache carries over); within a server every prompt is new.
+    prompts = [f"{test[i % len(test)]}\n\n(request {i})" for i in range(3 + 2 * args.requests)]
 
     overhead = callback_overhead(test[:8])
     print(overhead, flush=True)
@@ -151,10 +149,11 @@ def main(argv: list[str] | None = None) -> None:
                 wait_http(f"http://127.0.0.1:{port}/healthz", 240, proc)
                 client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
                 model = f"expertmux/{policy}"
+                order = iter(prompts)
                 for _ in range(3):  # load the models, warm up
-                    first_token_ms(client, model, prompt(), "local", args.max_tokens)
+                    first_token_ms(client, model, next(order), "local", args.max_tokens)
                 for expert in ("local", "remote"):
-                    times = [first_token_ms(client, model, prompt(), expert, args.max_tokens) for _ in range(args.requests)]
+                    times = [first_token_ms(client, model, next(order), expert, args.max_tokens) for _ in range(args.requests)]
                     results.append({"server": server, "answer_from": expert, **summary(times)})
                     print(results[-1], flush=True)
             finally:

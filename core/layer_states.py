@@ -178,14 +178,29 @@ def pool(rows: dict[int, list[np.ndarray]], blocks: Sequence[int], span: tuple[i
     return np.concatenate(parts).astype(np.float32)
 
 
+def reusable_prefix(llama: Any, tokens: Sequence[int], span: tuple[int, int] | None) -> int:
+    """How many leading ``tokens`` a kept read can take from the KV cache instead of evaluating
+    them: chat prompts open alike (the template's system prompt and role markers, about 30 of
+    SmolLM2's tokens), as llama-cpp-python's own completions exploit. Only positions before the
+    pooled ``span`` qualify, since the read needs the state of every pooled position; and only
+    what the context holds (``n_tokens``: whole-model entries, as a stopped extraction resets)."""
+    if span is None or getattr(llama, "_is_recurrent", False) or getattr(llama, "_is_hybrid", False):
+        return 0
+    limit = min(span[0], len(tokens) - 1, int(llama.n_tokens))
+    if limit <= 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(llama.input_ids[:limit]) != np.asarray(tokens[:limit]))
+    return int(differ[0]) if len(differ) else limit
+
+
 def read(llama: Any, capture: LayerCapture, tokens: Sequence[int], blocks: Sequence[int], *,
          span: tuple[int, int] | None = None, keep: bool = True) -> np.ndarray:
-    """Evaluate ``tokens`` from an empty cache and return their pooled states of ``blocks``
-    (``pool`` over ``span``).
+    """Evaluate ``tokens`` and return their pooled states of ``blocks`` (``pool`` over ``span``).
 
-    ``keep=True`` (an expert): the whole model runs and the prompt stays in the KV cache, so a
-    completion of the same tokens starts decoding at once. ``keep=False`` (extraction): the
-    graph stops after the deepest block and the cache is cleared.
+    ``keep=True`` (an expert): a prefix already in the KV cache is kept (``reusable_prefix``),
+    the whole model runs over the rest and the prompt stays in the cache, so a completion of the
+    same tokens starts decoding at once. ``keep=False`` (extraction): the prompt is evaluated
+    from an empty cache, the graph stops after the deepest block and the cache is cleared.
     """
     blocks = [int(b) for b in blocks]
     if not blocks or not tokens:
@@ -193,11 +208,13 @@ def read(llama: Any, capture: LayerCapture, tokens: Sequence[int], blocks: Seque
     n_layer = n_blocks(llama)
     if min(blocks) < 1 or max(blocks) >= n_layer:  # the last block's output keeps only the rows for logits
         raise ValueError(f"blocks must lie in 1..{n_layer - 1} for this model, got {blocks}")
+    kept = reusable_prefix(llama, tokens, span) if keep else 0
     llama.reset()
+    llama.n_tokens = kept  # eval() drops the cache from here on
     with capture.armed(blocks, stop_after_deepest=not keep) as rows:
-        llama.eval(list(tokens))
+        llama.eval(list(tokens[kept:]))
     if not keep:  # the later blocks never ran: nothing in the cache may be reused
         llama.reset()
-    if any(sum(len(r) for r in rows[b]) != len(tokens) for b in blocks):
+    if any(sum(len(r) for r in rows[b]) != len(tokens) - kept for b in blocks):
         raise RuntimeError("llama.cpp did not hand over every position's state")
-    return pool(rows, blocks, span)
+    return pool(rows, blocks, None if span is None else (span[0] - kept, span[1] - kept))

@@ -88,6 +88,22 @@ def test_a_prompt_states_do_not_depend_on_what_came_before(llama):
         layer_states.read(model, capture, toks, [30])
 
 
+def test_a_kept_read_takes_the_template_from_the_cache_and_reads_the_same_states(llama, monkeypatch):
+    from core import layer_states
+
+    model, capture = llama
+    first = layer_states.chat_prompt(model, [{"role": "user", "content": QUESTION}])
+    layer_states.read(model, capture, first.tokens, [9, 18], span=first.span, keep=True)
+    nxt = layer_states.chat_prompt(model, [{"role": "user", "content": "Why is the sky blue?"}])
+    scratch = layer_states.read(model, capture, nxt.tokens, [9, 18], span=nxt.span, keep=False)  # empties the cache
+    layer_states.read(model, capture, first.tokens, [9, 18], span=first.span, keep=True)
+    sizes = _evals(model, monkeypatch)
+    kept = layer_states.read(model, capture, nxt.tokens, [9, 18], span=nxt.span, keep=True)
+    assert nxt.span[0] > 10 and sizes == [len(nxt.tokens) - nxt.span[0]]  # the system prompt and role marker came from the cache
+    np.testing.assert_allclose(kept, scratch, rtol=1e-5, atol=1e-5)
+    assert layer_states.reusable_prefix(model, nxt.tokens, None) == 0  # without a span every position is pooled
+
+
 def test_the_features_pool_the_users_text_not_the_template_around_it(llama):
     from core import layer_states
 
