@@ -7,8 +7,10 @@ and returns the states, so the routing forward pass is the expert's own prefill.
 then picks that expert, its completion of the same messages starts decoding at once instead of
 prefilling again; if it picks another, the proxy did no forward pass of its own.
 
-When no such expert is running, or it fails, nothing is handed over and the policy computes its
-features itself, in the feature thread (``router.request.prefetch``), the same way.
+When no such expert is running, it is busy (every slot answering: the prefill would wait behind
+those answers, and the kept prompt would be evicted before its turn), or it fails, nothing is
+handed over and the policy computes its features itself, in the feature thread
+(``router.request.prefetch``), the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class SharedPrefill:
         self.handed_over = 0  # prompts whose features came from an expert (tests, metrics)
 
     def expert_for(self, policy: Policy) -> tuple[Expert, tuple[int, ...]] | None:
-        """The running expert that shares its prefill of the model ``policy`` reads, if any."""
+        """The running, idle expert that shares its prefill of the model ``policy`` reads, if any."""
         wanted = policy.served_prefill()
         if wanted is None:
             return None
@@ -43,7 +45,7 @@ class SharedPrefill:
         unavailable = self.experts.unavailable()
         for expert in self.experts:
             if (getattr(expert.backend, "shares_prefill", False) and expert.config.model == model
-                    and expert.name not in unavailable):
+                    and expert.name not in unavailable and expert.in_flight < expert.slots):
                 return expert, blocks
         return None
 

@@ -67,9 +67,10 @@ class _Policy:
 
 
 class _Registry:
-    def __init__(self, *, share=True, model="smollm2-135m-instruct", down=False) -> None:
+    def __init__(self, *, share=True, model="smollm2-135m-instruct", down=False, busy=False) -> None:
         backend = SimpleNamespace(shares_prefill=share, api_base="http://local.test/v1", api_key="k")
-        self.experts = [SimpleNamespace(name="local", backend=backend, config=SimpleNamespace(model=model))]
+        self.experts = [SimpleNamespace(name="local", backend=backend, config=SimpleNamespace(model=model),
+                                        in_flight=1 if busy else 0, slots=1)]
         self.down = down
 
     def __iter__(self):
@@ -99,6 +100,7 @@ async def test_the_router_hands_the_experts_states_to_the_policy():
     (dict(share=False), ("smollm2-135m-instruct", (18,))),  # the expert does not share
     (dict(model="gemma3-270m"), ("smollm2-135m-instruct", (18,))),  # it serves another model
     (dict(down=True), ("smollm2-135m-instruct", (18,))),  # it is not running
+    (dict(busy=True), ("smollm2-135m-instruct", (18,))),  # its one slot is answering: the prefill would wait
     (dict(), None),  # the policy reads no prefill
 ])
 async def test_no_request_is_made_when_no_expert_shares_what_the_policy_reads(registry, wanted):
