@@ -57,9 +57,12 @@ class PrefillStateBackend:
 
     def _load(self):
         if self._llama is None:
+            from core import llama_thread
+
+            llama_thread.spin_briefly()  # the local experts share these cores
             import llama_cpp
 
-            from core import layer_states, llama_thread
+            from core import layer_states
             from core.errors import ConfigError
             from core.model_files import resolve_gguf
 

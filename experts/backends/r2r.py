@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from core.errors import BackendError, ConfigError
+from core.llama_thread import process_env
 from core.model_files import GEMMA3, SMOLLM2, resolve_gguf
 from experts.backends.process import ProcessBackend
 from experts.r2r.prompts import FORMATS, default_format
@@ -48,7 +49,7 @@ class R2RBackend(ProcessBackend):
         return opts.slm or SMOLLM2, opts.llm or GEMMA3
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = process_env(os.environ)  # its two llama.cpp models share the cores with other experts
         if self._remote_key:
             env[API_KEY_ENV] = self._remote_key
         return env

@@ -30,6 +30,14 @@ def test_share_prefill_adds_the_prefill_route_and_needs_the_models_own_template(
         _config(share_prefill=True, chat_format="chatml")
 
 
+def test_a_local_expert_process_spins_briefly_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    backend = LlamaCppBackend(_config(), data_dir=tmp_path)
+    assert backend.env()["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP threads sleep soon: other experts need the cores
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
+    assert backend.env()["GOMP_SPINCOUNT"] == "50000"  # the operator's own value wins
+
+
 class _Backend:
     def __init__(self, id_: str, dim: int) -> None:
         self.id, self.dim, self.calls = id_, dim, 0
