@@ -19,6 +19,9 @@ def serve(
     no_experts: bool = typer.Option(False, "--no-experts", help="do not start local experts"),
 ) -> None:
     """Start the OpenAI-compatible router (and its local experts)."""
+    from core import llama_thread
+
+    llama_thread.spin_briefly()  # before llama.cpp loads here (tokenizer, probe): the local experts share the cores
     import uvicorn
 
     from api.app import create_app

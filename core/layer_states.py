@@ -30,6 +30,7 @@ import numpy as np
 
 POOLINGS = ("mean", "last")
 WINDOW = 63  # positions in the mean, as the transformers runtime reads a BOS and the last 63 tokens
+_PLACEHOLDER = "\u2063expertmux-user-text\u2063"  # stands in for the user's text when locating it
 _NE_OFFSET = 16  # struct ggml_tensor: enum type (4 bytes, padded to 8), buffer pointer, then int64 ne[4]
 _install_lock = threading.Lock()
 
@@ -132,9 +133,26 @@ def chat_prompt(llama: Any, messages: list[dict[str, Any]]) -> ChatPrompt:
     result = fmt(messages=messages)
     text = result.prompt
     ids = llama.tokenize(text.encode("utf-8"), add_bos=not result.added_special, special=True)
-    content = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
-    start = text.rfind(content) if isinstance(content, str) and content.strip() else -1
-    return ChatPrompt(ids, _token_span(llama, ids, text, start, len(content)) if start >= 0 else None)
+    where = _text_location(fmt, messages, text)
+    return ChatPrompt(ids, _token_span(llama, ids, text, *where) if where else None)
+
+
+def _text_location(fmt: Any, messages: list[dict[str, Any]], text: str) -> tuple[int, int] | None:
+    """(start, length) of the last user message's text in the rendered prompt ``text``: the
+    conversation rendered once more with a placeholder for that text shows what surrounds it (a
+    search for the text itself could match inside the template, and a template may trim it)."""
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None)
+    if last is None or not isinstance(messages[last].get("content"), str) or not messages[last]["content"].strip():
+        return None
+    marked = [*messages[:last], {**messages[last], "content": _PLACEHOLDER}, *messages[last + 1:]]
+    shape = fmt(messages=marked).prompt
+    if shape.count(_PLACEHOLDER) != 1:
+        return None
+    before, after = shape.split(_PLACEHOLDER)
+    length = len(text) - len(before) - len(after)
+    if length <= 0 or not text.startswith(before) or not text.endswith(after):
+        return None
+    return len(before), length
 
 
 def _token_span(llama: Any, ids: list[int], text: str, start: int, length: int) -> tuple[int, int] | None:
@@ -180,7 +198,7 @@ def pool(rows: dict[int, list[np.ndarray]], blocks: Sequence[int], span: tuple[i
 
 def reusable_prefix(llama: Any, tokens: Sequence[int], span: tuple[int, int] | None) -> int:
     """How many leading ``tokens`` a kept read can take from the KV cache instead of evaluating
-    them: chat prompts open alike (the template's system prompt and role markers, about 30 of
+    them: chat prompts open alike (the template's system prompt and role marker, 24 of
     SmolLM2's tokens), as llama-cpp-python's own completions exploit. Only positions before the
     pooled ``span`` qualify, since the read needs the state of every pooled position; and only
     what the context holds (``n_tokens``: whole-model entries, as a stopped extraction resets)."""

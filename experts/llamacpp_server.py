@@ -14,8 +14,9 @@ a decode step 16 instead of 9 ms on 2 cores). Every ``decode`` runs on one threa
 
 It prefills the conversation exactly as a chat completion of those messages would (the GGUF's own
 chat template), returns the pooled hidden states after the requested blocks
-(``core.layer_states``: per block the mean over the last user message's text, then its last
-token's state), and leaves the prompt in the KV cache. A chat completion of the same messages that
+(``core.layer_states``: per block the mean over the last 63 tokens of the last user message's
+text, then its last token's state; the last 63 positions of the whole prompt if the text cannot be
+located), and leaves the prompt in the KV cache. A chat completion of the same messages that
 comes next starts decoding at once: llama-cpp-python reuses a cached prompt. One request at a time
 holds the model (the server's own lock), so a different prompt arriving in between evicts the
 cached one; the answer is then prefilled as usual, just not shared.
@@ -66,12 +67,15 @@ def add_prefill_route(app: Any, capture: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from core import llama_thread
+
+    llama_thread.spin_briefly()  # before llama.cpp loads: started by hand, too, it shares the cores
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
     from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 
-    from core import layer_states, llama_thread
+    from core import layer_states
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args_from_model(parser, Settings)

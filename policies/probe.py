@@ -249,8 +249,17 @@ class ProbePolicy(Policy):
         meta = {"layers": list(self.layers_), "hidden": self.hidden_, "layer": int(self.layer_), "pooling": self.pooling_,
                 "alpha": float(self.alpha_), "score_lo": self.score_lo_, "score_hi": self.score_hi_, "curve": self.curve_,
                 "categories": cat_meta if self.categories_ is not None else None,
-                "category_alpha": getattr(self, "category_alpha_", None)}
+                "category_alpha": getattr(self, "category_alpha_", None), "features": self._features_id()}
         return arrays, meta
+
+    def _features_id(self) -> str | None:
+        """What the llama.cpp runtime's features are (model, blocks, pooling), kept in the artifact:
+        a probe is served only on the features it was fitted on."""
+        if self.runtime != "llamacpp":
+            return None
+        from policies.prefill_states import backend_id
+
+        return backend_id(self.probe_model, self.layers_)
 
     def _set_state(self, arrays, meta):
         self.mean_ = np.asarray(arrays["mean"], dtype=np.float32)
@@ -260,6 +269,9 @@ class ProbePolicy(Policy):
         if self.weight_.shape != (len(self.mean_), len(self.experts_)) or self.bias_.shape != (len(self.experts_),):
             raise ValueError(f"probe head has shape {self.weight_.shape}; expected ({len(self.mean_)}, {len(self.experts_)})")
         self.layers_, self.hidden_ = tuple(int(x) for x in meta["layers"]), int(meta["hidden"])
+        if meta.get("features") != self._features_id():
+            raise PolicyError(f"fitted on features {meta.get('features') or 'of an earlier version (whole-prompt pooling)'}, "
+                             f"while this version reads {self._features_id()}: train the probe again")
         self.layer_, self.pooling_, self.alpha_ = int(meta["layer"]), str(meta["pooling"]), float(meta["alpha"])
         self.score_lo_, self.score_hi_ = float(meta["score_lo"]), float(meta["score_hi"])
         self.curve_ = dict(meta.get("curve") or {})

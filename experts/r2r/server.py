@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = parse_args(argv)
+    llama_thread.spin_briefly()  # before llama.cpp loads: other local experts share the cores
     llama_thread.pin_evaluations()  # requests arrive on several threads; the two models evaluate on one
     try:
         service, model_id = build_service(args)

@@ -57,6 +57,7 @@ class SharedPrefill:
             return None
         expert, blocks = found
         t0 = time.perf_counter()
+        expert.in_flight += 1  # a second request meanwhile finds the expert busy and computes its own features
         try:
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=PREFILL_TIMEOUT_S)
@@ -68,6 +69,8 @@ class SharedPrefill:
         except Exception as exc:  # the policy computes its features itself
             log.warning("expert %s did not hand over its prefill states: %s", expert.name, exc)
             return {"expert": expert.name, "shared": False}
+        finally:
+            expert.in_flight -= 1
         self.handed_over += 1
         return {"expert": expert.name, "shared": True, "tokens": int(body.get("tokens", 0)),
                 "ms": round((time.perf_counter() - t0) * 1e3, 3)}

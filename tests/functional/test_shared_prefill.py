@@ -113,6 +113,9 @@ def test_the_features_pool_the_users_text_not_the_template_around_it(llama):
     tokens, (start, stop) = layer_states.chat_prompt(model, conversation)
     assert model.detokenize(tokens[start:stop]).decode() == QUESTION  # the last user message, exactly
     assert 0 < start < stop < len(tokens)  # the template's system prompt and role markers lie outside it
+    tokens_a, (start_a, stop_a) = layer_states.chat_prompt(model, [{"role": "user", "content": "assistant"}])
+    assert model.detokenize(tokens_a[start_a:stop_a]).decode() == "assistant"
+    assert stop_a <= len(tokens_a) - 3  # the user's word, not the template's closing "<|im_start|>assistant"
     hidden = model.n_embd()
     pooled = layer_states.read(model, capture, tokens, [9], span=(start, stop), keep=False)
     whole = layer_states.read(model, capture, tokens, [9], keep=False)

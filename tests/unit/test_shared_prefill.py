@@ -91,16 +91,19 @@ class _Registry:
 async def test_the_router_hands_the_experts_states_to_the_policy():
     seen = []
 
+    registry = _Registry()
+
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append((str(request.url), json.loads(request.content)))
+        assert registry.experts[0].in_flight == 1  # busy while it prefills: another request computes its own
         return httpx.Response(200, json={"features": [0.5, 1.5], "tokens": 12})
 
-    share = SharedPrefill(_Registry(), client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    share = SharedPrefill(registry, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
     policy = _Policy()
     out = await share.offer(policy, "user: hi", lambda: [{"role": "user", "content": "hi"}])
     assert out["shared"] and out["tokens"] == 12 and share.handed_over == 1
     assert seen == [("http://local.test/v1/prefill", {"messages": [{"role": "user", "content": "hi"}], "blocks": [18]})]
-    assert policy.accepted[0][0] == "user: hi"
+    assert policy.accepted[0][0] == "user: hi" and registry.experts[0].in_flight == 0
     np.testing.assert_array_equal(policy.accepted[0][1], [0.5, 1.5])
 
 
@@ -140,3 +143,17 @@ def test_a_probe_names_what_it_reads_only_with_the_llamacpp_runtime():
     assert other.served_prefill() is None
     with pytest.raises(PolicyError, match="reads no expert's prefill"):
         other.accept_prefill("p", np.zeros(3))
+
+
+def test_a_llamacpp_probe_is_served_only_on_the_features_it_was_fitted_on():
+    from policies.probe import ProbePolicy
+
+    probe = ProbePolicy(runtime="llamacpp")
+    probe.experts_ = [SimpleNamespace(name="a")]
+    arrays = {"mean": np.zeros(2), "scale": np.ones(2), "weight": np.zeros((2, 1)), "bias": np.zeros(1)}
+    meta = {"layers": [18], "hidden": 576, "layer": 18, "pooling": "both", "alpha": 1.0, "score_lo": 0.0, "score_hi": 1.0}
+    with pytest.raises(PolicyError, match="earlier version .* train the probe again"):
+        probe._set_state(arrays, meta)  # an artifact from before the features were named
+    probe._set_state(arrays, {**meta, "features": probe._features_id()})
+    assert probe._features_id().endswith("-L18-u63") and probe.layer_ == 18
+    assert ProbePolicy()._features_id() is None  # the transformers runtime keys its cache by dtype instead
