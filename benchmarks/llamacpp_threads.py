@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.load_faults import free_port
 from benchmarks.output import publish
 from benchmarks.policy_serving import start
 from benchmarks.scale_out import wait_http
+from benchmarks.shared_prefill import summary
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("llama_cpp.server", "experts.llamacpp_server")
@@ -86,17 +85,14 @@ def main(argv: list[str] | None = None) -> None:
                 proc.wait(60)
             print(f"turn {turn + 1}: {module} done", flush=True)
 
-    def pct(values: list[float], q: float) -> float:
-        return float(np.percentile(values, q))
-
-    results = {m: {"requests": len(ttft[m]), "ttft_p50_ms": pct(ttft[m], 50), "ttft_p90_ms": pct(ttft[m], 90),
-                   "decode_p50_ms": pct(decode[m], 50), "decode_p90_ms": pct(decode[m], 90)} for m in SERVERS}
-    base = results["llama_cpp.server"]
+    results = {m: {"ttft": summary(ttft[m]), "decode": summary(decode[m])} for m in SERVERS}
+    base = results["llama_cpp.server"]["decode"]
     rows = ["| server | requests | TTFT p50 ms | TTFT p90 ms | decode ms/token p50 | p90 | decode p50 ÷ llama_cpp.server |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for m, r in results.items():
-        rows.append(f"| `{m}` | {r['requests']} | {r['ttft_p50_ms']:.0f} | {r['ttft_p90_ms']:.0f} | "
-                    f"{r['decode_p50_ms']:.1f} | {r['decode_p90_ms']:.1f} | ×{r['decode_p50_ms'] / base['decode_p50_ms']:.2f} |")
+        t, d = r["ttft"], r["decode"]
+        rows.append(f"| `{m}` | {t['n']} | {t['p50_ms']:.0f} | {t['p90_ms']:.0f} | "
+                    f"{d['p50_ms']:.1f} | {d['p90_ms']:.1f} | ×{d['p50_ms'] / base['p50_ms']:.2f} |")
     load = os.getloadavg()
     rows.append(f"\n{args.turns} turns of {args.requests} requests per server, one client, streaming, "
                 f"{args.max_tokens} tokens at most; load average at the end {load[0]:.2f}")

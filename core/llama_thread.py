@@ -12,16 +12,17 @@ Between processes the same pools meet again: libgomp's idle threads spin up to `
 (300,000 by default) before they sleep, and llama.cpp waits at a barrier after every graph node.
 Where two llama.cpp processes share the cores (two local experts on 2 cores), each one's spinning
 threads hold the cores the other needs: two concurrent 48-token answers took 4 to 97 s instead
-of 1 to 1.4 s. ``process_env`` gives an expert process a short spin (``SPIN_ENV``), which costs
-one process alone nothing measurable; ``spin_briefly`` does the same for this process, before
-llama.cpp's libraries load (libgomp reads it once, then).
+of 1 to 1.4 s. ``spin_briefly`` gives the process a short spin (``SPIN_ENV``) before llama.cpp's
+libraries load (libgomp reads it once, then); it costs one process alone nothing measurable.
+Every process that runs llama.cpp calls it first: the expert servers, the proxy, the probe's
+extraction.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -62,12 +63,6 @@ def pin_evaluations() -> None:
 
             setattr(cls, name, pinned)
         cls._pinned_to_one_thread = True
-
-
-def process_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a process that runs llama.cpp: ``base`` with ``SPIN_ENV`` where it sets
-    no value of its own."""
-    return {**SPIN_ENV, **base}
 
 
 def spin_briefly() -> None:

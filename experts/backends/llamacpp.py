@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-from core.llama_thread import process_env
 from core.model_files import resolve_gguf
 from experts.backends.process import ProcessBackend
 
@@ -29,9 +28,6 @@ class LlamaCppBackend(ProcessBackend):
     @property
     def model_id(self) -> str:
         return self.config.name  # served under the expert's name (--model_alias)
-
-    def env(self) -> dict[str, str]:
-        return process_env(super().env())  # several local experts share the cores
 
     def command(self, port: int) -> list[str]:
         opts = self.config.llamacpp

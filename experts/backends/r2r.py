@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from core.errors import BackendError, ConfigError
-from core.llama_thread import process_env
 from core.model_files import GEMMA3, SMOLLM2, resolve_gguf
 from experts.backends.process import ProcessBackend
 from experts.r2r.prompts import FORMATS, default_format
@@ -49,7 +48,7 @@ class R2RBackend(ProcessBackend):
         return opts.slm or SMOLLM2, opts.llm or GEMMA3
 
     def env(self) -> dict[str, str]:
-        env = process_env(os.environ)  # its two llama.cpp models share the cores with other experts
+        env = dict(os.environ)
         if self._remote_key:
             env[API_KEY_ENV] = self._remote_key
         return env

@@ -30,12 +30,17 @@ def test_share_prefill_adds_the_prefill_route_and_needs_the_models_own_template(
         _config(share_prefill=True, chat_format="chatml")
 
 
-def test_a_local_expert_process_spins_briefly_unless_told_otherwise(tmp_path, monkeypatch):
+def test_a_llamacpp_process_spins_briefly_unless_told_otherwise(monkeypatch):
+    import os
+
+    from core import llama_thread
+
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    backend = LlamaCppBackend(_config(), data_dir=tmp_path)
-    assert backend.env()["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP threads sleep soon: other experts need the cores
+    llama_thread.spin_briefly()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP threads sleep soon: other experts need the cores
     monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
-    assert backend.env()["GOMP_SPINCOUNT"] == "50000"  # the operator's own value wins
+    llama_thread.spin_briefly()
+    assert os.environ["GOMP_SPINCOUNT"] == "50000"  # the operator's own value wins
 
 
 class _Backend:
