@@ -183,10 +183,13 @@ eval-seed: install
 	$(BIN)/python -m benchmarks.graphrouter_inductive --data $(SHARED_DATA)/llmrouter \
 		--json $(EVAL_OUT)/graphrouter-inductive.json --markdown $(EVAL_OUT)/graphrouter-inductive.md
 
-# Decision latency with the embedding (single request p50/p90/p99, batched decisions/s).
+# Decision latency with the embedding (single request p50/p90/p99, batched decisions/s), then the
+# activation features of the probe (SmolLM2 as served: weights by the CPU, blocks up to 18 or 12).
 bench-decisions: policies
 	$(BIN)/python -m benchmarks.decision_latency --artifacts $(POLICIES_OUT) --data $(SHARED_DATA)/llmrouter \
 		--json $(BENCH_OUT)/decision_latency.json --markdown $(BENCH_OUT)/decision_latency.md
+	$(BIN)/python -m benchmarks.probe_latency --data $(SHARED_DATA)/llmrouter --models smollm2-135m-instruct \
+		--dtypes auto --served-layers 18 12 --json $(BENCH_OUT)/probe_latency.json --markdown $(BENCH_OUT)/probe_latency.md
 
 .PHONY: policies eval-seed bench-decisions
 

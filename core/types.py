@@ -5,6 +5,7 @@ Kept free of heavy imports so policies and experts can depend on them cheaply.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +112,33 @@ class Decision:
             **(self.adjustments or {}),
             **({"timing": self.timing} if self.timing else {}),
         }
+
+
+def routed_text(turns: list[tuple[str, str]]) -> str:
+    """What routing policies read of a conversation: the last user message's text.
+
+    Policies are fitted on questions (routing matrices, calibrated prompts), not on transcripts:
+    role tags and a client's system prompt in front of the question move its features (measured
+    in benchmarks/SIGNALS.md §18). A conversation with no user text reads as its transcript."""
+    for role, text in reversed(turns):
+        if role == "user" and text.strip():
+            return text
+    return transcript(turns)
+
+
+def transcript(turns: list[tuple[str, str]]) -> str:
+    """``role: text`` lines: how the ledger stores a conversation's prompt."""
+    return "\n".join(f"{role}: {text}" for role, text in turns)
+
+
+_ROLE_LINE = re.compile(r"^(system|developer|user|assistant|tool|function): ", re.MULTILINE)
+
+
+def transcript_turns(text: str) -> list[tuple[str, str]]:
+    """``transcript`` read back (a line not starting with a role continues the previous message);
+    text with no role prefix at all is one user message."""
+    starts = list(_ROLE_LINE.finditer(text))
+    if not starts or starts[0].start() != 0:
+        return [("user", text)]
+    return [(m.group(1), text[m.end(): (nxt.start() - 1 if nxt is not None else len(text))])  # without the joining newline
+            for m, nxt in zip(starts, [*starts[1:], None], strict=True)]

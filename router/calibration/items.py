@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from core.types import routed_text, transcript
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -41,9 +43,13 @@ class PromptItem:
         return [dict(m) for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
 
     def routing_text(self) -> str:
-        """The text a policy sees for this prompt when the proxy serves it (the proxy routes on
-        ``role: content`` lines, router.request.protocol), so training matches serving."""
-        return "\n".join(f"{m['role']}: {m['content']}" for m in self.chat_messages())
+        """The text a policy sees for this prompt when the proxy serves it (``core.types.routed_text``),
+        so training matches serving."""
+        return routed_text([(m["role"], m["content"]) for m in self.chat_messages()])
+
+    def transcript(self) -> str:
+        """The whole conversation as ``role: text`` lines (what a judge reads, as on the proxy)."""
+        return transcript([(m["role"], m["content"]) for m in self.chat_messages()])
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

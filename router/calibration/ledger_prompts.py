@@ -12,31 +12,22 @@ split back into chat messages so every expert is asked what the client asked.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.types import routed_text, transcript_turns
 from router.calibration.items import PromptItem, Recorded
 from router.ledger.db import make_engine
 from router.ledger.models import FeedbackRow, RequestRow
 
 SOURCE_RANK = {"user": 0, "auto": 1, "judge": 2}  # which recorded feedback stands for the cell
-_ROLE_LINE = re.compile(r"^(system|user|assistant|tool|developer): ", re.MULTILINE)
 
 
 def split_messages(prompt_text: str) -> list[dict[str, str]]:
-    """``role: content`` lines back into messages (a line not starting with a role continues the
-    previous message); text with no role prefix at all is one user message."""
-    starts = list(_ROLE_LINE.finditer(prompt_text))
-    if not starts or starts[0].start() != 0:
-        return [{"role": "user", "content": prompt_text}]
-    out = []
-    for m, nxt in zip(starts, [*starts[1:], None]):
-        end = nxt.start() - 1 if nxt is not None else len(prompt_text)  # drop the joining newline
-        out.append({"role": m.group(1), "content": prompt_text[m.end():end]})
-    return out
+    """A stored ``role: text`` prompt back into chat messages."""
+    return [{"role": role, "content": text} for role, text in transcript_turns(prompt_text)]
 
 
 def ledger_items(database_url: str, *, max_rows: int = 2000) -> list[PromptItem]:
@@ -78,7 +69,7 @@ def ledger_items(database_url: str, *, max_rows: int = 2000) -> list[PromptItem]
                                             output_tokens=int(row.completion_tokens or 0), cost_usd=float(row.cost_usd or 0.0),
                                             latency_s=None if row.latency_ms is None else row.latency_ms / 1000)
         messages = split_messages(row.prompt_text)
-        prompt = messages[-1]["content"] if len(messages) == 1 else row.prompt_text
+        prompt = routed_text([(m["role"], m["content"]) for m in messages])  # what the proxy's policy reads
         items.append(PromptItem(qid=f"ledger-{row.id}", skill="traffic", prompt=prompt, grader="judge", dataset="ledger",
                                 messages=messages if len(messages) > 1 or messages[0]["role"] != "user" else None,
                                 recorded=recorded))

@@ -340,14 +340,14 @@ class _Run:
 
     async def _judge(self, item: PromptItem, cell: Cell) -> float:
         judge = self.judge
-        reserve = upper_bound_cost(judge.expert, [{"content": judge.build_prompt(item.routing_text(), cell.answer or "")}],
+        reserve = upper_bound_cost(judge.expert, [{"content": judge.build_prompt(item.transcript(), cell.answer or "")}],
                                    judge.cfg.max_tokens)
         if not self.budget.reserve(reserve):
             raise GraderError("not judged: the budget cannot cover the judge's call")
         verdict = None
         try:
             async with self.judge_sem:
-                verdict = await judge.grade(item.routing_text(), cell.answer or "")
+                verdict = await judge.grade(item.transcript(), cell.answer or "")
         finally:
             spent = verdict.cost_usd if verdict is not None else 0.0
             self.budget.settle(reserve, spent)

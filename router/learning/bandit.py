@@ -21,6 +21,7 @@ from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from core.types import routed_text, transcript_turns
 from policies.logged import LoggedData
 from router.ledger.models import ExpertRow, FeedbackRow, RequestRow
 
@@ -232,7 +233,7 @@ def _assemble(cols: _Columns, *, query: dict[str, Any], known: list[str]) -> Log
     data = LoggedData(
         request_id=np.array(ids, dtype=object),
         created_at=_times(created),
-        prompts=list(prompts),
+        prompts=[None if p is None else routed_text(transcript_turns(p)) for p in prompts],  # as the proxy's policy read it
         experts=experts,
         action=remap[action] if n else action,
         reward=np.array([np.nan if r is None else r for r in reward], dtype=float),

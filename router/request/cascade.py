@@ -108,7 +108,8 @@ class CascadeService:
         policy = svc.policies.get(first.policy)
         options = req.expertmux.to_options() if req.expertmux else RoutingOptions()
         max_out = req.max_completion_tokens or req.max_tokens or svc.settings.default_max_tokens
-        route_req = RouteRequest(prompt=prompt, prompt_tokens=len(prompt) // 4 + 1, max_completion_tokens=max_out,
+        question = req.routed_text()  # what the policy and its answer estimator read (the judge reads the whole prompt)
+        route_req = RouteRequest(prompt=question, prompt_tokens=len(prompt) // 4 + 1, max_completion_tokens=max_out,
                                  options=options)
         lam = options.lambda_ if options.lambda_ is not None else svc.policies.default_lambda
         caps = [c for c in (self.options.max_usd, options.max_cost_usd) if c is not None]
@@ -130,7 +131,7 @@ class CascadeService:
                     raise
                 run.stopped = "the key's budget or rate limit refused the next step"
                 break
-            await self._step(trace, run, expert, estimates.get(expert), payload, prompt, want_logprobs, want_judge)
+            await self._step(trace, run, expert, estimates.get(expert), payload, (question, prompt), want_logprobs, want_judge)
             if len(run.failed) >= svc.settings.max_attempts:  # fallbacks as bounded as on the one-call path
                 run.stopped = f"{len(run.failed)} experts failed"
                 break
@@ -157,7 +158,7 @@ class CascadeService:
 
     # -- calls, each an attempt row of the request ------------------------------------------------
     async def _step(self, trace: RequestTrace, run: _Run, expert: str, ex_ante: float | None, payload: dict[str, Any],
-                    prompt: str, want_logprobs: bool, want_judge: bool) -> None:
+                    texts: tuple[str, str], want_logprobs: bool, want_judge: bool) -> None:
         """Call one step's expert and note what came back (an answer, or a failure to fall back from)."""
         n_attempts = len(trace.attempts)
         try:
@@ -169,7 +170,8 @@ class CascadeService:
             run.attempts.append(trace.attempts[n_attempts] if len(trace.attempts) > n_attempts else None)
             return
         run.attempts.append(attempt)
-        view = self._view(prompt, expert, resp)
+        question, prompt = texts
+        view = self._view(question, expert, resp)
         if want_judge:
             view = await self._judged(trace, prompt, view)
         run.answers.append(view)

@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import InvalidRequestError
-from core.types import RoutingOptions
+from core.types import RoutingOptions, routed_text, transcript
 from router.request.openai_schema import (
     ChatMessage,
     FunctionDef,
@@ -130,7 +130,12 @@ class ChatCompletionRequest(BaseModel):
         return self
 
     def prompt_text(self) -> str:
-        return "\n".join(f"{m.role}: {m.text()}" for m in self.messages)
+        """The conversation as the ledger stores it (``role: text`` lines)."""
+        return transcript([(m.role, m.text()) for m in self.messages])
+
+    def routed_text(self) -> str:
+        """What the routing policy reads: the last user message's text (``core.types.routed_text``)."""
+        return routed_text([(m.role, m.text()) for m in self.messages])
 
     def upstream_payload(self) -> dict[str, Any]:
         """What is forwarded to the expert: the client's fields as sent, without routing-only ones."""

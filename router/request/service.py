@@ -109,11 +109,12 @@ class RoutingService:
             routed = self._policy_for(req.model)
             waited = time.perf_counter()
             shared = None
+            question = req.routed_text()  # what policies read: the question, as they were fitted on
             if routed is not None and self.settings.features_off_loop:
-                shared = await self.prefill.offer(routed[1], prompt, lambda: req.upstream_payload()["messages"])
-                await self.features.warm(routed[1], prompt)
+                shared = await self.prefill.offer(routed[1], question, lambda: req.upstream_payload()["messages"], trace=trace)
+                await self.features.warm(routed[1], question)
             waited = time.perf_counter() - waited
-            trace.decision = self._route(req, prompt, routed, ctx)
+            trace.decision = self._route(req, question, routed, ctx, prompt_tokens=len(prompt) // 4 + 1)
             if trace.decision.timing is not None:
                 trace.decision.timing["features_ms"] = round(waited * 1e3, 3)
                 if shared is not None and shared["shared"]:  # the features were the expert's own prefill
@@ -152,6 +153,7 @@ class RoutingService:
             trace.fail(exc, "error")
             raise
         finally:
+            trace.release_hold()  # a kept prefill no routed call used (a rejection, an error, a refusal)
             if not streaming:
                 self._finish(trace)
 
@@ -189,7 +191,8 @@ class RoutingService:
         name = self.policies.active_name if model == AUTO_MODEL else model.removeprefix(ROUTER_PREFIX)
         return name, self.policies.get(name)
 
-    def _route(self, req: ChatCompletionRequest, prompt: str, routed: tuple[str, Policy] | None, ctx=None) -> Decision:
+    def _route(self, req: ChatCompletionRequest, question: str, routed: tuple[str, Policy] | None, ctx=None, *,
+               prompt_tokens: int) -> Decision:
         if routed is None:  # a concrete expert: routing bypassed
             model = req.model
             return Decision(expert=model, policy="direct", policy_version="-", scores={}, propensities={model: 1.0},
@@ -204,7 +207,7 @@ class RoutingService:
         expected = None  # only measured when the request weighs or limits latency
         if options.latency_weight or options.max_latency_s:
             expected = {e.name: self.load.expected_s(e.name, e.in_flight, e.slots) for e in self.experts}
-        route_req = RouteRequest(prompt=prompt, prompt_tokens=len(prompt) // 4 + 1,
+        route_req = RouteRequest(prompt=question, prompt_tokens=prompt_tokens,
                                  max_completion_tokens=req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens,
                                  options=options, expected_latency_s=expected, session=ctx.view if ctx is not None else None)
         t0 = time.perf_counter()

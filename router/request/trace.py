@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,12 +60,24 @@ class RequestTrace:
     final_attempt: AttemptTrace | None = None  # a cascade's returned answer (not always its last call)
     session_id: str | None = None  # the conversation the request belongs to (router/sessions)
     route: Any = None  # what routing over time needs after the answer (router/request/over_time.RouteContext)
+    held: Callable[[], None] | None = None  # releases what the request holds until its first call (a kept prefill)
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """Keep something for this request until its first call starts, or until it ends."""
+        self.release_hold()
+        self.held = release
+
+    def release_hold(self) -> None:
+        release, self.held = self.held, None
+        if release is not None:
+            release()
 
     def set_prompt(self, prompt: str, storage: str) -> None:
         self.prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()
         self.prompt_text = prompt if storage == "full" else None
 
     def start_attempt(self, expert: str, *, queue: float = 0.0) -> AttemptTrace:
+        self.release_hold()  # the call starts now: whatever waited for it is no longer needed
         attempt = AttemptTrace(attempt_no=len(self.attempts) + 1, expert=expert,
                                started_at=datetime.now(UTC), t0=time.perf_counter(), queue_at_start=queue)
         self.attempts.append(attempt)

@@ -53,6 +53,20 @@ def test_non_streaming_by_policy_and_by_name(fake_app_url):
     assert row.api_key_id is None  # keyless local mode: an unknown key is ignored, never stored
 
 
+def test_the_policy_reads_the_question_and_the_ledger_keeps_the_conversation(fake_app_url, monkeypatch):
+    url, app = fake_app_url
+    policy, seen = app.state.service.policies.get("strongest"), []
+    decide = policy.decide
+    monkeypatch.setattr(policy, "decide", lambda request, **kw: seen.append(request.prompt) or decide(request, **kw))
+    conversation = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "4"}, {"role": "user", "content": "Why is the sky blue?"}]
+    raw = _client(url).chat.completions.with_raw_response.create(model="expertmux/auto", messages=conversation)
+    assert seen == ["Why is the sky blue?"]  # as policies are trained: the question, not the transcript
+    row = {r.id: r for r in _rows(app)}[raw.headers["x-expertmux-request-id"]]
+    assert row.prompt_text == ("system: You are a helpful assistant.\nuser: 2+2?\nassistant: 4\n"
+                               "user: Why is the sky blue?")
+
+
 def test_streaming_relays_chunks_and_records_usage(fake_app_url):
     url, app = fake_app_url
     client = _client(url)

@@ -67,7 +67,8 @@ def test_ledger_prompts_graded_by_the_judge_and_by_recorded_feedback(tmp_path):
         assert any("Question: user: What is the capital of France?" in c["messages"][0]["content"] for c in judge.calls)
         frame = __import__("pandas").read_parquet(result.matrix_path).set_index("qid")
         assert list(frame.index) == ["ledger-r2", "ledger-r3"]  # oldest first; r1 is r3's older duplicate
-        assert frame.loc["ledger-r3", "prompt"] == "user: What is the capital of France?"  # what the proxy routes on
+        assert frame.loc["ledger-r3", "prompt"] == "What is the capital of France?"  # what the proxy routes on
+        assert frame.loc["ledger-r2", "prompt"] == "Name a colour."  # the question, without the system prompt
         assert frame.loc["ledger-r3", "score::a"] == 1.0 and frame.loc["ledger-r3", "cost_usd::a"] == 2.5e-5
         assert frame.loc["ledger-r3", "score::b"] == pytest.approx(7 / 9)  # "8" on a 1-10 scale
         assert frame.loc["ledger-r2", "score::a"] == pytest.approx(7 / 9) and frame.loc["ledger-r2", "task"] == "traffic"

@@ -34,7 +34,8 @@ def test_jsonl_rows_and_their_defaults(tmp_path):
     assert items[0].reference == "4" and items[0].skill == "default" and items[0].qid.startswith("prompts-")
     assert items[1].qid == "q7" and items[1].reference is None and items[1].max_tokens == 8
     assert items[0].qid == JsonlSource(path).load()[0].qid  # a hash of the prompt: stable across reruns
-    assert items[0].routing_text() == "user: 2+2?" and items[0].chat_messages() == [{"role": "user", "content": "2+2?"}]
+    assert items[0].routing_text() == "2+2?" and items[0].transcript() == "user: 2+2?"
+    assert items[0].chat_messages() == [{"role": "user", "content": "2+2?"}]
 
 
 @pytest.mark.parametrize("text, message", [

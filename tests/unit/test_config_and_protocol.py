@@ -7,6 +7,7 @@ import pytest
 from core.config import load_config
 from core.errors import ConfigError, InvalidRequestError
 from core.settings import PROJECT_ROOT, Settings
+from core.types import routed_text, transcript, transcript_turns
 from router.request.protocol import parse_chat_request
 
 
@@ -57,7 +58,21 @@ def test_request_parsing_keeps_unknown_openai_fields_and_splits_routing_options(
     assert payload["seed"] == 7 and payload["max_tokens"] == 5 and "expertmux" not in payload and "model" not in payload
     opts = req.expertmux.to_options()
     assert opts.lambda_ == 2.5 and opts.allowed_experts == ["a"]
-    assert req.prompt_text() == "user: hi"
+    assert req.prompt_text() == "user: hi" and req.routed_text() == "hi"
+
+
+def test_policies_read_the_last_user_question_and_the_ledger_form_reads_back():
+    turns = [("system", "be brief"), ("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?\nquickly")]
+    assert routed_text(turns) == "and 3+3?\nquickly"  # not the system prompt, nor the role tags
+    assert transcript_turns(transcript(turns)) == turns  # the ledger's text reads back into the same turns
+    assert routed_text([("system", "only a system prompt")]) == "system: only a system prompt"
+    assert routed_text([("user", "  "), ("assistant", "x")]) == "user:   \nassistant: x"  # no user text: the transcript
+    # the training side reads a stored prompt the way the proxy read the request
+    assert routed_text(transcript_turns("system: be brief\nuser: Name a colour.")) == "Name a colour."
+    assert routed_text(transcript_turns("a raw question: with a colon")) == "a raw question: with a colon"
+    req = parse_chat_request(b'{"model": "expertmux/auto", "messages": [{"role": "system", "content": "You are helpful."},'
+                             b' {"role": "user", "content": "Why is the sky blue?"}]}')
+    assert req.routed_text() == "Why is the sky blue?" and req.prompt_text().startswith("system: You are helpful.")
 
 
 @pytest.mark.parametrize("body, words", [

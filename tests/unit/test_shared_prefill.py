@@ -80,10 +80,10 @@ class _Policy:
 
 
 class _Registry:
-    def __init__(self, *, share=True, model="smollm2-135m-instruct", down=False, busy=False) -> None:
+    def __init__(self, *, share=True, model="smollm2-135m-instruct", down=False, busy=False, slots=1) -> None:
         backend = SimpleNamespace(shares_prefill=share, api_base="http://local.test/v1", api_key="k")
         self.experts = [SimpleNamespace(name="local", backend=backend, config=SimpleNamespace(model=model),
-                                        in_flight=1 if busy else 0, slots=1)]
+                                        in_flight=1 if busy else 0, slots=slots)]
         self.down = down
 
     def __iter__(self):
@@ -112,11 +112,32 @@ async def test_the_router_hands_the_experts_states_to_the_policy():
     np.testing.assert_array_equal(policy.accepted[0][1], [0.5, 1.5])
 
 
+async def test_a_kept_prefill_holds_the_expert_until_its_requests_first_call():
+    from router.request.trace import RequestTrace
+
+    registry = _Registry()
+    share = SharedPrefill(registry, client=httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"features": [1.0], "tokens": 3}))))
+    first, second = RequestTrace(id="a"), RequestTrace(id="b")
+    assert (await share.offer(_Policy(), "hi", lambda: [], trace=first))["shared"]
+    expert = registry.experts[0]
+    assert expert.in_flight == 0 and share.kept == {"local": 1}  # held, but not load: routing sees an idle expert
+    # another request meanwhile would evict the kept prompt: it computes its own features
+    assert share.expert_for(_Policy()) is None and await share.offer(_Policy(), "other", lambda: [], trace=second) is None
+    first.start_attempt("elsewhere")  # the first call starts (on any expert): the hold ends
+    assert share.kept == {} and share.expert_for(_Policy()) is not None
+    assert (await share.offer(_Policy(), "other", lambda: [], trace=second))["shared"]
+    second.release_hold()  # a request that ends without a call (rejected, failed) releases it too
+    second.release_hold()  # once
+    assert share.kept == {} and first.held is None
+
+
 @pytest.mark.parametrize("registry, wanted", [
     (dict(share=False), ("smollm2-135m-instruct", (18,))),  # the expert does not share
     (dict(model="gemma3-270m"), ("smollm2-135m-instruct", (18,))),  # it serves another model
     (dict(down=True), ("smollm2-135m-instruct", (18,))),  # it is not running
     (dict(busy=True), ("smollm2-135m-instruct", (18,))),  # its one slot is answering: the prefill would wait
+    (dict(busy=True, slots=4), ("smollm2-135m-instruct", (18,))),  # llama_cpp.server runs one request at a time anyway
     (dict(), None),  # the policy reads no prefill
 ])
 async def test_no_request_is_made_when_no_expert_shares_what_the_policy_reads(registry, wanted):
