@@ -15,7 +15,9 @@ processes, identical but for one switch:
 One client, streaming, every prompt new (a test prompt plus a request number). Each request is
 pinned to one expert with ``expertmux.allowed_experts`` (the probe still reads the prompt and
 decides), so the table shows the time to first token when the answer comes from the probed expert
-and when it comes from elsewhere.
+and when it comes from elsewhere. With ``--clients N`` (N > 1) a last row per server has N clients
+at once, every answer from the probed expert: a prefill kept for one request must then survive
+the others' requests.
 
     python -m benchmarks.shared_prefill --data ../shared/data/llmrouter --requests 40 \
         --json var/bench/shared_prefill.json --markdown var/bench/shared_prefill.md
@@ -67,6 +69,14 @@ def first_token_ms(client, model: str, prompt: str, expert: str, max_tokens: int
     return (first if first is not None else time.perf_counter() - t0) * 1e3
 
 
+def at_once(client, model: str, prompts: list[str], clients: int, max_tokens: int) -> list[float]:
+    """Times to first token with ``clients`` threads taking the prompts in turn, answers from local."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda p: first_token_ms(client, model, p, "local", max_tokens), prompts))
+
+
 def callback_overhead(prompts: list[str], rounds: int = 3, tokens: int = 64) -> dict:
     """What the evaluation callback costs an expert that shares its prefill while nothing is being
     read: generation with and without it, same model and prompts, alternating (best of rounds)."""
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-rows", type=int, default=300)
     ap.add_argument("--requests", type=int, default=40, help="per server and destination")
     ap.add_argument("--max-tokens", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=1, help="also a row with this many clients at once (answers from local)")
     ap.add_argument("--layer", type=int, default=18, help="the probe's block (fixed here: this measures time, not routing)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
@@ -126,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     test = [p for p, s in zip(data.prompts, data.split) if s == "test"]
     # Every server gets the same prompts in the same order (their experts are separate processes,
     # so no cache carries over); within a server every prompt is new.
-    prompts = [f"{test[i % len(test)]}\n\n(request {i})" for i in range(3 + 2 * args.requests)]
+    concurrent = args.requests * args.clients if args.clients > 1 else 0
+    prompts = [f"{test[i % len(test)]}\n\n(request {i})" for i in range(3 + 2 * args.requests + concurrent)]
 
     overhead = callback_overhead(test[:8])
     print(overhead, flush=True)
@@ -155,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
                 for expert in ("local", "remote"):
                     times = [first_token_ms(client, model, next(order), expert, args.max_tokens) for _ in range(args.requests)]
                     results.append({"server": server, "answer_from": expert, **summary(times)})
+                    print(results[-1], flush=True)
+                if concurrent:
+                    batch = [next(order) for _ in range(concurrent)]
+                    times = at_once(client, model, batch, args.clients, args.max_tokens)
+                    results.append({"server": server, "answer_from": f"local, {args.clients} clients", **summary(times)})
                     print(results[-1], flush=True)
             finally:
                 proc.terminate()

@@ -36,6 +36,13 @@ log = logging.getLogger("expertmux.prefill")
 PREFILL_TIMEOUT_S = 30.0
 
 
+def _reason(exc: httpx.HTTPStatusError) -> str:
+    try:
+        return str(exc.response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return exc.response.text[:200]
+
+
 class SharedPrefill:
     def __init__(self, experts: ExpertRegistry, *, client: httpx.AsyncClient | None = None) -> None:
         self.experts = experts
@@ -79,7 +86,11 @@ class SharedPrefill:
                 self.kept[expert.name] = self.kept.get(expert.name, 0) + 1
                 trace.hold(lambda: self._release(expert.name))
         except Exception as exc:  # the policy computes its features itself
-            log.warning("expert %s did not hand over its prefill states: %s", expert.name, exc)
+            refused = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 400
+            # a 400 is this prompt's (longer than the expert's context, or its template cannot format
+            # it), expected now and then; anything else is the expert's fault and worth a warning
+            log.log(logging.INFO if refused else logging.WARNING, "expert %s did not hand over its prefill states: %s",
+                    expert.name, _reason(exc) if refused else exc)
             return {"expert": expert.name, "shared": False}
         finally:
             expert.in_flight -= 1

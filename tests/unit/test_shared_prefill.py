@@ -149,12 +149,24 @@ async def test_no_request_is_made_when_no_expert_shares_what_the_policy_reads(re
     assert await share.offer(policy, "p", lambda: []) is None and not policy.accepted
 
 
-async def test_a_failing_expert_leaves_the_features_to_the_policy():
+async def test_a_failing_expert_leaves_the_features_to_the_policy(caplog):
     share = SharedPrefill(_Registry(), client=httpx.AsyncClient(
         transport=httpx.MockTransport(lambda r: httpx.Response(500, json={"error": "boom"}))))
     policy = _Policy()
-    assert await share.offer(policy, "p", lambda: []) == {"expert": "local", "shared": False}
+    with caplog.at_level("INFO", logger="expertmux.prefill"):
+        assert await share.offer(policy, "p", lambda: []) == {"expert": "local", "shared": False}
     assert not policy.accepted and share.handed_over == 0
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # the expert's fault
+
+
+async def test_a_prompt_the_expert_refuses_is_not_a_warning(caplog):
+    too_long = {"error": {"message": "prefill: the prompt has 3000 tokens; this expert's context holds 2048"}}
+    share = SharedPrefill(_Registry(), client=httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(400, json=too_long))))
+    with caplog.at_level("INFO", logger="expertmux.prefill"):
+        assert await share.offer(_Policy(), "p", lambda: []) == {"expert": "local", "shared": False}
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # this prompt's, expected now and then
+    assert "context holds 2048" in caplog.records[0].getMessage()
 
 
 def test_a_probe_names_what_it_reads_only_with_the_llamacpp_runtime():
