@@ -26,7 +26,9 @@ answer; without such an expert they are computed here, the same way.
 
 ``conditioning="category"`` adds Tryage's structure on top: a category posterior from the
 sentence embedding (task labels, or clusters) mixes ridge heads fitted on each category's rows,
-so the probe's features only have to tell queries apart *within* a kind of query.
+so the probe's features only have to tell queries apart *within* a kind of query. With
+``posterior_from="probe"`` the posterior comes from the probe's own features instead, so a
+decision needs one forward pass, not two (and none in the proxy when an expert hands them over).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class ProbePolicy(Policy):
         dtype: str = "auto",
         cv_folds: int = 5,
         encoder: str = "minilm",
+        posterior_from: str = "embedding",
         runtime: str = "transformers",
         random_state: int = 0,
     ) -> None:
@@ -88,6 +91,7 @@ class ProbePolicy(Policy):
         self.dtype = dtype
         self.cv_folds = cv_folds
         self.encoder = encoder
+        self.posterior_from = posterior_from
         self.runtime = runtime
         self.random_state = random_state
 
@@ -148,6 +152,8 @@ class ProbePolicy(Policy):
             raise PolicyError(f"probe: select_by must be 'mse' or 'routing', got {self.select_by!r}")
         if self.conditioning not in ("none", "category"):
             raise PolicyError(f"probe: conditioning must be 'none' or 'category', got {self.conditioning!r}")
+        if self.posterior_from not in ("embedding", "probe"):
+            raise PolicyError(f"probe: posterior_from must be 'embedding' or 'probe', got {self.posterior_from!r}")
         if self.runtime not in RUNTIMES:
             raise PolicyError(f"probe: runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.pooling not in ("auto", *POOLING_CHOICES):
@@ -206,7 +212,7 @@ class ProbePolicy(Policy):
         (validation rows routed by posteriors of classifiers that never saw them)."""
         from policies.categories import cross_fitted_proba, fit_categories
 
-        E = self._embedding(train.prompts)
+        E = Z if self.posterior_from == "probe" else self._embedding(train.prompts)
         model, y = fit_categories(train, E, mode="auto", C=10.0, seed=self.random_state)
         k = model.n
         self.category_alpha_ = alphas[len(alphas) // 2]
@@ -237,8 +243,12 @@ class ProbePolicy(Policy):
 
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         self._check_fitted()
-        posterior = self.categories_.proba(self._embedding(prompts)) if self.categories_ is not None else None
-        return self.predict_features(self._features(prompts), posterior)
+        F = self._features(prompts)
+        posterior = None
+        if self.categories_ is not None:  # from the probe's own standardised features, or a sentence encoder's
+            E = (F - self.mean_) / self.scale_ if self.posterior_from == "probe" else self._embedding(prompts)
+            posterior = self.categories_.proba(E)
+        return self.predict_features(F, posterior)
 
     # ---- artifacts ------------------------------------------------------------------------------
     def _get_state(self):

@@ -227,3 +227,17 @@ def test_probe_category_conditioning_roundtrips(data):
     assert np.allclose(q.predict_quality(ev.prompts), p.predict_quality(ev.prompts))
     with pytest.raises(PolicyError):
         create_policy("probe", probe_model=FAKE, conditioning="astrology").fit(train)
+
+
+def test_probe_category_posterior_from_its_own_features_needs_no_sentence_encoder(data, monkeypatch):
+    train, ev = split(data)
+    p = create_policy("probe", probe_model=FAKE, layer=INFORMATIVE, pooling="mean", conditioning="category",
+                      posterior_from="probe", cv_folds=4).fit(train)
+    assert p.categories_.weight.shape[0] == FakeBackend.hidden  # a classifier on the probe's block, not on an embedding
+    assert routed(p, ev) > best_single(ev) + 0.1
+    monkeypatch.setattr(p, "_embedding", lambda prompts: pytest.fail("a sentence encoder ran"))
+    q = roundtrip(p)
+    monkeypatch.setattr(q, "_embedding", lambda prompts: pytest.fail("a sentence encoder ran"))
+    assert np.allclose(q.predict_quality(ev.prompts), p.predict_quality(ev.prompts))
+    with pytest.raises(PolicyError, match="posterior_from"):
+        create_policy("probe", probe_model=FAKE, conditioning="category", posterior_from="tea leaves").fit(train)
