@@ -175,8 +175,8 @@ def local_app(tmp_path_factory):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make install builds it)")
     from api.app import create_app
 
-    settings = Settings(config=PROJECT_ROOT / "config" / "expertmux.yaml",
-                        data_dir=tmp_path_factory.mktemp("router-r1"), autostart_experts=True)
+    settings = Settings(config=PROJECT_ROOT / "config" / "expertmux.yaml",  # without autolearn: its folder is the checkout's
+                        data_dir=tmp_path_factory.mktemp("router-r1"), autostart_experts=True, autolearn=False)
     app = create_app(settings)
     with serve_in_thread(app, startup_timeout=300) as url:
         yield url, app
