@@ -236,19 +236,20 @@ class ProbePolicy(Policy):
     # ---- prediction ---------------------------------------------------------------------------
     def predict_features(self, F: np.ndarray, posterior: np.ndarray | None = None) -> np.ndarray:
         """Predicted quality from already computed features (the head alone)."""
-        Z = (np.asarray(F, dtype=np.float32) - self.mean_) / self.scale_
+        return self._head((np.asarray(F, dtype=np.float32) - self.mean_) / self.scale_, posterior)
+
+    def _head(self, Z: np.ndarray, posterior: np.ndarray | None) -> np.ndarray:
         if posterior is not None:
             return np.clip(mix_heads(Z, posterior, self.cat_weight_, self.cat_bias_), self.score_lo_, self.score_hi_)
         return np.clip(Z @ self.weight_ + self.bias_, self.score_lo_, self.score_hi_)
 
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         self._check_fitted()
-        F = self._features(prompts)
+        Z = (np.asarray(self._features(prompts), dtype=np.float32) - self.mean_) / self.scale_
         posterior = None
         if self.categories_ is not None:  # from the probe's own standardised features, or a sentence encoder's
-            E = (F - self.mean_) / self.scale_ if self.posterior_from == "probe" else self._embedding(prompts)
-            posterior = self.categories_.proba(E)
-        return self.predict_features(F, posterior)
+            posterior = self.categories_.proba(Z if self.posterior_from == "probe" else self._embedding(prompts))
+        return self._head(Z, posterior)
 
     # ---- artifacts ------------------------------------------------------------------------------
     def _get_state(self):
