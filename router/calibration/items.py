@@ -42,14 +42,17 @@ class PromptItem:
     def chat_messages(self) -> list[dict[str, str]]:
         return [dict(m) for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
 
+    def turns(self) -> list[tuple[str, str]]:
+        return [(m["role"], m["content"]) for m in self.chat_messages()]
+
     def routing_text(self) -> str:
         """The text a policy sees for this prompt when the proxy serves it (``core.types.routed_text``),
         so training matches serving."""
-        return routed_text([(m["role"], m["content"]) for m in self.chat_messages()])
+        return routed_text(self.turns())
 
     def transcript(self) -> str:
         """The whole conversation as ``role: text`` lines (what a judge reads, as on the proxy)."""
-        return transcript([(m["role"], m["content"]) for m in self.chat_messages()])
+        return transcript(self.turns())
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -129,13 +129,17 @@ class ChatCompletionRequest(BaseModel):
         check_tool_choice(self.tool_choice, self.tools)
         return self
 
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) of every message."""
+        return [(m.role, m.text()) for m in self.messages]
+
     def prompt_text(self) -> str:
         """The conversation as the ledger stores it (``role: text`` lines)."""
-        return transcript([(m.role, m.text()) for m in self.messages])
+        return transcript(self.turns())
 
     def routed_text(self) -> str:
         """What the routing policy reads: the last user message's text (``core.types.routed_text``)."""
-        return routed_text([(m.role, m.text()) for m in self.messages])
+        return routed_text(self.turns())
 
     def upstream_payload(self) -> dict[str, Any]:
         """What is forwarded to the expert: the client's fields as sent, without routing-only ones."""
