@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.output import publish
+from benchmarks.signal_ceiling import centred_by_task, onehot
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,10 +86,8 @@ def surprisal(prompts: list[str], cache: Path, *, max_tokens: int = 255) -> np.n
 
 
 def within_task_r2(pred: np.ndarray, target: np.ndarray, task: np.ndarray) -> float:
-    p = pred.copy()
-    for t in np.unique(task):
-        p[task == t] -= p[task == t].mean()
-    return float(1 - ((p - target) ** 2).mean() / target.var())
+    """R² of ``pred`` against the task-centred ``target``, task means removed from ``pred`` too."""
+    return float(1 - ((centred_by_task(pred, task) - target) ** 2).mean() / target.var())
 
 
 def cross_fitted(make, X: np.ndarray, y: np.ndarray, folds) -> np.ndarray:
@@ -123,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     train = data.subset(rows)
     folds = train.grouped_folds(args.folds, seed=0)
     task = train.task.astype(str)
-    target = impute_targets(train.scores)[0].mean(axis=1)
-    for t in np.unique(task):
-        target[task == t] -= target[task == t].mean()
-    onehot = (task[:, None] == np.unique(task)[None]).astype(float)
+    target = centred_by_task(impute_targets(train.scores)[0].mean(axis=1), task)
+    tasks = onehot(task)
 
     signals = {"surface": np.array([surface(p) for p in train.prompts]), "surprisal": all_surprisal[rows].astype(float)}
     signals["surface+surprisal"] = np.hstack([signals["surface"], signals["surprisal"]])
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         signals[spec] = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-6)
     results = {}
     for name, X in signals.items():
-        Z = np.hstack([X, onehot])
+        Z = np.hstack([X, tasks])
         ridge = cross_fitted(lambda: RidgeCV(alphas=np.logspace(-2, 5, 15)), Z, target, folds)
         trees = cross_fitted(lambda: HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=0),
                              Z, target, folds)

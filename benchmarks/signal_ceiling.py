@@ -42,9 +42,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
-def _onehot(labels: np.ndarray) -> np.ndarray:
+def onehot(labels: np.ndarray) -> np.ndarray:
     names, idx = np.unique(labels.astype(str), return_inverse=True)
     return np.eye(len(names))[idx]
+
+
+def centred_by_task(A: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``A`` with each task's mean (per column) subtracted from its rows."""
+    out = np.array(A, dtype=float, copy=True)
+    for t in np.unique(task):
+        rows = task == t
+        out[rows] -= out[rows].mean(axis=0)
+    return out
 
 
 def signal_features(spec: str, train) -> np.ndarray:
@@ -54,7 +63,7 @@ def signal_features(spec: str, train) -> np.ndarray:
     blocks = []
     rest = [p for p in parts if p not in ("task", "others")]
     if "task" in parts or "others" in parts:
-        blocks.append(_onehot(train.task))
+        blocks.append(onehot(train.task))
     if rest:
         blocks.append(compute("+".join(rest), train.prompts))
     return np.hstack(blocks).astype(np.float64)
@@ -126,11 +135,7 @@ def measure(P: np.ndarray, scores: np.ndarray, task: np.ndarray, W: np.ndarray |
     known = ~np.isnan(scores)
     var = Y.var(axis=0)
     r2 = 1 - ((P - Y) ** 2).mean(axis=0) / np.where(var > 0, var, np.nan)
-    Pw, Yw = P.copy(), Y.copy()
-    for t in np.unique(task):
-        rows = task == t
-        Pw[rows] -= P[rows].mean(axis=0)
-        Yw[rows] -= Y[rows].mean(axis=0)
+    Pw, Yw = centred_by_task(P, task), centred_by_task(Y, task)
     var_w = Yw.var(axis=0)
     r2w = 1 - ((Pw - Yw) ** 2).mean(axis=0) / np.where(var_w > 0, var_w, np.nan)
     auc = [_auc(P[known[:, e], e], scores[known[:, e], e]) for e in range(scores.shape[1])]
