@@ -10,9 +10,12 @@ with the best cross-validated aiq on the matrix's train rows (``router.lifecycle
 passes, registers and promotes the version and swaps it in as the active policy without a
 restart; requests in flight finish on the policy they started with.
 
-Every step's outcome is kept in ``<calibration folder>/autolearn.json``, so a restart reuses what
-was done: a promoted version is served again at once, a calibration resumes where it stopped,
-and a refusal is not retried for the same matrix. Progress and the gate's reason are on
+Every step's outcome is kept in ``<data dir>/autolearn.json``, beside the registry database and
+the artifacts it names, so a restart reuses what was done: a promoted version is served again at
+once, a calibration resumes where it stopped (its cells are in the calibration folder), and a
+refusal is not retried for the same matrix. The state names its calibration folder: a deployment
+with another data dir that shares the folder reuses its graded cells but never serves the other
+deployment's artifact. Progress and the gate's reason are on
 ``status()`` (the dashboard and ``/admin/api/autolearn``) and in the log.
 """
 
@@ -75,7 +78,7 @@ class AutoLearn:
 
     @property
     def state_path(self) -> Path:
-        return self.out / "autolearn.json"
+        return Path(self.settings.data_dir) / "autolearn.json"
 
     # ---- the job --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -106,8 +109,9 @@ class AutoLearn:
     async def _resume(self) -> bool:
         """Serve what an earlier run promoted; skip a matrix whose candidate was refused."""
         state = self._read_state()
-        if not state or state.get("experts") != self._status.experts or state.get("choice") != self._choice():
-            return False  # never run, or the experts or the policies to train changed: calibrate (new cells only)
+        if (not state or state.get("matrix") != str(self.out) or state.get("experts") != self._status.experts
+                or state.get("choice") != self._choice()):
+            return False  # never run, or the folder, the experts or the policies changed: calibrate (new cells only)
         st = self._status
         self.policy = st.policy = state.get("policy") or self.cfg.policy  # the candidate that run chose
         if state.get("stage") == "serving" and state.get("artifact") and Path(state["artifact"]).exists():
@@ -237,8 +241,8 @@ class AutoLearn:
         st = self._status
         state = {"stage": st.stage, "policy": st.policy, "version": st.version, "artifact": st.artifact,
                  "experts": st.experts, "choice": self._choice(), "candidates": st.candidates, "gate": st.gate,
-                 "matrix_rows": self._matrix_rows(), "written_at": time.time()}
-        self.out.mkdir(parents=True, exist_ok=True)
+                 "matrix": str(self.out), "matrix_rows": self._matrix_rows(), "written_at": time.time()}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2, default=str))
         os.replace(tmp, self.state_path)

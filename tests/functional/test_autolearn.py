@@ -5,13 +5,16 @@ the experts, trains knn on their own matrix, the gate compares it with the prior
 split, and the promoted version becomes the active policy while clients keep sending requests
 (none fails, and the responses say which policy routed them). A restart serves the promoted
 version again without calling any expert for calibration; the dashboard API shows the matrix and
-the gate's reason.
+the gate's reason. A second deployment (another data dir) sharing the calibration folder reuses its
+graded cells but trains, registers and serves its own artifact.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -121,6 +124,32 @@ def test_autolearn_calibrates_trains_gates_and_swaps_under_traffic(tmp_path):
             assert status2["stage"] == "serving" and "earlier run" in status2["message"]
             assert app2.state.service.policies.active_name == "knn"
         assert {n: s.total_calls for n, s in world.sims.items()} == calls_after_first_run
+
+
+def test_another_data_dir_sharing_the_calibration_folder_serves_its_own_artifact(tmp_path):
+    from api.app import create_app
+
+    with World(tmp_path) as world:
+        first = _settings(world, tmp_path)
+        app = create_app(first)
+        with serve_in_thread(app):
+            status = _wait_for(app.state.runtime.autolearn, {"serving", "refused", "failed"})
+        assert status["stage"] == "serving", status
+        calls = {n: s.total_calls for n, s in world.sims.items()}
+
+        second = first.model_copy(update={"data_dir": tmp_path / "other"})
+        app2 = create_app(second)
+        with serve_in_thread(app2):
+            status2 = _wait_for(app2.state.runtime.autolearn, {"serving", "refused", "failed"})
+            assert status2["stage"] == "serving", status2
+            assert "earlier run" not in status2["message"]  # the first deployment's promotion is not this one's
+            assert Path(status2["artifact"]).is_relative_to(tmp_path / "other")
+            assert app2.state.service.policies.active_name == "knn"
+        assert {n: s.total_calls for n, s in world.sims.items()} == calls  # the graded cells were reused
+        states = [json.loads((d / "autolearn.json").read_text()) for d in (tmp_path / "var", tmp_path / "other")]
+        assert [s["matrix"] for s in states] == [str(tmp_path / "calibration")] * 2
+        assert Path(states[0]["artifact"]).is_relative_to(tmp_path / "var")
+        assert not (tmp_path / "calibration" / "autolearn.json").exists()
 
 
 def test_the_config_switch_turns_the_job_off(tmp_path):
