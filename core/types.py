@@ -97,6 +97,8 @@ class Decision:
     adjustments: dict[str, Any] | None = None  # what the layers above the policy did (session rule, budget pacing)
     # how long routing took (ms): ``features`` (waiting for the prompt's features, off the loop) and ``decide``
     timing: dict[str, float] | None = None
+    # a multi-call policy's steps, under its own record key ({"cascade": ...} or Router-R1's {"trace": ...})
+    trajectory: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -111,6 +113,7 @@ class Decision:
             **({"expected_latency_s": self.expected_latency_s} if self.expected_latency_s else {}),
             **(self.adjustments or {}),
             **({"timing": self.timing} if self.timing else {}),
+            **(self.trajectory or {}),
         }
 
 

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,16 +75,6 @@ class RouterR1Options(BaseModel):
     adapter: str | None = None  # a trained `expertmux train router-r1` artifact, run in-process (router/agents/r1_local.py)
     threads: int = Field(2, gt=0)  # CPU threads of the in-process router
     cut_malformed_steps: bool = True  # stop a router step as soon as it cannot be well formed
-
-
-@dataclass(slots=True)
-class AgentDecision(Decision):
-    """A decision that also carries the Router-R1 trajectory into the ledger."""
-
-    trace: dict[str, Any] | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        return {**Decision.as_record(self), "trace": self.trace}
 
 
 class AgentService:
@@ -131,7 +121,7 @@ class AgentService:
     async def serve(self, trace: RequestTrace, req: ChatCompletionRequest, prompt: str, key: ApiKey | None) -> ChatOutcome:
 
         candidates = self._candidates(req)
-        trace.decision = AgentDecision(
+        trace.decision = Decision(
             expert=self.router_expert, policy=NAME, policy_version=self.local.version if self.local else "base", scores={},
             propensities={}, ranking=[c.name for c in candidates],
             reason=f"Router-R1: {self.router_expert} routes among {len(candidates)} experts")
@@ -272,9 +262,7 @@ class AgentService:
     def _settle(self, trace: RequestTrace, result: AgentResult) -> None:
         """Record the trajectory on the decision; an agent that could not answer at all fails."""
         d = trace.decision
-        trace.decision = AgentDecision(expert=result.answered_by or self.router_expert, policy=d.policy,
-                                       policy_version=d.policy_version, scores=d.scores, propensities=d.propensities,
-                                       ranking=d.ranking, reason=d.reason, trace=result.as_trace())
+        trace.decision = replace(d, expert=result.answered_by or self.router_expert, trajectory={"trace": result.as_trace()})
         served = trace.served_by
         if served is not None and self.service.finish_hooks:
             served.answer = result.answer  # what the judge grades: the answer, not the router's last step

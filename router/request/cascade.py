@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -72,16 +72,6 @@ class CascadeOptions(BaseModel):
     max_usd: float | None = Field(None, gt=0)  # per request, every step included
     logprobs: bool = True  # ask each step for token logprobs when the policy's estimator reads them
     judge: bool = False  # ask the configured LLM judge about each answer when the estimator reads verdicts
-
-
-@dataclass(slots=True)
-class CascadeDecision(Decision):
-    """A decision that also carries the cascade's trajectory into the ledger."""
-
-    cascade: dict[str, Any] | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        return {**Decision.as_record(self), "cascade": self.cascade}
 
 
 class CascadeService:
@@ -263,8 +253,8 @@ class CascadeService:
                       **({"stopped": run.stopped} if run.stopped else {}),
                       "cost_usd": sum(a.cost_usd for a in trace.attempts),
                       "escalation_ms": round(sum(s.get("latency_ms", 0.0) for s in run.steps[1:]), 1)}
-        kept = {f.name: getattr(d, f.name) for f in fields(Decision)}  # whatever the layers above recorded
-        trace.decision = CascadeDecision(**{**kept, "expert": final}, cascade=trajectory)
+        # whatever the layers above recorded stays; the ledger's decision gets the trajectory
+        trace.decision = replace(d, expert=final, trajectory={"cascade": trajectory})
         if self.service.finish_hooks:
             attempt.answer = next(v.answer for v in run.answers if v.expert == final)
         body = self._body(trace, req, resp, trajectory)
