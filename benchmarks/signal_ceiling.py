@@ -17,7 +17,9 @@ mild optimism shared by every signal); from the cross-fitted predictions:
 Signals: feature specs of ``policies.features`` ("minilm", "smollm2-135m-instruct@12:mean",
 combinations), plus analysis-only references that no router has at serving time: ``task``
 (one-hot of the gold task label), ``pertask:<spec>`` (ridge heads fitted inside each gold task:
-the task known exactly, the features used within it) and ``others`` (the other experts' true
+the task known exactly, the features used within it), ``pertask-boost:<spec>`` (the same with
+gradient-boosted trees on the features' first 64 principal components instead of ridge: whether
+a non-linear head reads more within a task) and ``others`` (the other experts' true
 outcomes on the same query, with the task: how predictable an outcome is from the query's
 measured difficulty; its routing figure is not meaningful, since it reads the outcomes it
 routes by). Prefix a spec with ``task+`` to add the gold task to it.
@@ -101,6 +103,25 @@ def per_task_cross_fitted(X: np.ndarray, Y: np.ndarray, task: np.ndarray, folds)
     return P[int(np.argmin(((P - Y[None]) ** 2).mean(axis=(1, 2))))]
 
 
+def per_task_boosted(X: np.ndarray, Y: np.ndarray, task: np.ndarray, folds, *, components: int = 64) -> np.ndarray:
+    """Cross-fitted boosted-tree heads per GOLD task and expert, on principal components fitted per fold."""
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    task = np.asarray(task).astype(str)
+    P = np.zeros_like(Y)
+    for tr, te in folds:
+        mean, scale = X[tr].mean(axis=0), X[tr].std(axis=0) + 1e-6
+        Z = PCA(min(components, len(tr) - 1), random_state=0).fit((X[tr] - mean) / scale).transform((X - mean) / scale)
+        for t in np.unique(task[te]):
+            a, b = tr[task[tr] == t], te[task[te] == t]
+            for e in range(Y.shape[1]):
+                head = HistGradientBoostingRegressor(max_iter=100, learning_rate=0.05, max_leaf_nodes=8,
+                                                     min_samples_leaf=20, l2_regularization=1.0, random_state=0)
+                P[b, e] = head.fit(Z[a], Y[a, e]).predict(Z[b])
+    return P
+
+
 def _auc(pred: np.ndarray, y: np.ndarray) -> float:
     pos = y >= 0.5
     if pos.all() or not pos.any():
@@ -175,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     W = resample_weights(len(train), args.boot, seed=0) if args.boot else None
     results = {}
     for spec in args.signals:
-        if spec.startswith("pertask:"):
+        if spec.startswith("pertask-boost:"):
+            P = per_task_boosted(signal_features(spec.removeprefix("pertask-boost:"), train), Y, train.task, folds)
+        elif spec.startswith("pertask:"):
             P = per_task_cross_fitted(signal_features(spec.removeprefix("pertask:"), train), Y, train.task, folds)
         else:
             P = cross_fitted(signal_features(spec, train), Y, folds, others="others" in spec.split("+"))
