@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -26,3 +27,16 @@ def publish(lines: list[str], data: Any, *, json_path: Path | None, markdown_pat
     write_json(json_path, data)
     write_text(markdown_path, text)
     return text
+
+
+def split_read_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that reads one split of a routing matrix once: the matrix, the
+    split, bootstrap resamples, the feature cache, and where to keep the table and its figures."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--boot", type=int, default=1000)
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/cache/embeddings"))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    return parser

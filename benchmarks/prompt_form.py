@@ -13,12 +13,10 @@ difference against the first form (the same bootstrap resamples of the same quer
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import replace
-from pathlib import Path
 
-from benchmarks.output import publish
+from benchmarks.output import publish, split_read_arguments
 from benchmarks.routing_stats import Rows, interval, resample_weights, sweep_distribution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,14 +27,8 @@ FORMS = {"question": "{prompt}", "role tag": "user: {prompt}",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", default="test")
+    parser = split_read_arguments(__doc__.splitlines()[0])
     parser.add_argument("--policies", nargs="+", required=True)
-    parser.add_argument("--boot", type=int, default=1000)
-    parser.add_argument("--cache-dir", type=Path, default=Path("var/cache/embeddings"))
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
 
     from benchmarks.signals import parse_entries

@@ -96,13 +96,18 @@ class PrefillStateBackend:
         return len(self.layers) * 2 * self.hidden
 
     def prompts(self, texts: Sequence[str]) -> list:
-        """Each text's chat prompt, cut to its last ``N_CTX`` tokens (the span shifted with it)."""
+        """Each text's chat prompt as its only user message (how training prompts are read)."""
+        return self.conversation_prompts([as_messages(t) for t in texts])
+
+    def conversation_prompts(self, conversations: Sequence[list[dict[str, str]]]) -> list:
+        """Each conversation's chat prompt, cut to its last ``N_CTX`` tokens (the span of the last
+        user message's text shifted with it)."""
         from core import layer_states
 
         llama, _ = self._load()
         out = []
-        for t in texts:
-            p = layer_states.chat_prompt(llama, as_messages(t))
+        for messages in conversations:
+            p = layer_states.chat_prompt(llama, messages)
             cut = max(0, len(p.tokens) - N_CTX)
             span = None if p.span is None or p.span[1] <= cut else (max(p.span[0] - cut, 0), p.span[1] - cut)
             out.append(layer_states.ChatPrompt(p.tokens[cut:], span))
@@ -112,12 +117,17 @@ class PrefillStateBackend:
         return [p.tokens for p in self.prompts(texts)]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_conversations([as_messages(t) for t in texts])
+
+    def encode_conversations(self, conversations: Sequence[list[dict[str, str]]]) -> np.ndarray:
+        """The states an expert's prefill of each whole conversation hands over (the same blocks,
+        pooled over the last user message's text), uncached."""
         from core import layer_states
 
         with self._lock:
             llama, capture = self._load()
-            out = np.zeros((len(texts), self.dim), dtype=np.float32)
-            for i, p in enumerate(self.prompts(texts)):
+            out = np.zeros((len(conversations), self.dim), dtype=np.float32)
+            for i, p in enumerate(self.conversation_prompts(conversations)):
                 out[i] = layer_states.read(llama, capture, p.tokens, self.layers, span=p.span, keep=False)
             return out
 

@@ -234,10 +234,6 @@ class ProbePolicy(Policy):
         self.categories_, self.cat_weight_, self.cat_bias_ = model, W[0], b[0]
 
     # ---- prediction ---------------------------------------------------------------------------
-    def predict_features(self, F: np.ndarray, posterior: np.ndarray | None = None) -> np.ndarray:
-        """Predicted quality from already computed features (the head alone)."""
-        return self._head((np.asarray(F, dtype=np.float32) - self.mean_) / self.scale_, posterior)
-
     def _head(self, Z: np.ndarray, posterior: np.ndarray | None) -> np.ndarray:
         if posterior is not None:
             return np.clip(mix_heads(Z, posterior, self.cat_weight_, self.cat_bias_), self.score_lo_, self.score_hi_)
@@ -245,10 +241,16 @@ class ProbePolicy(Policy):
 
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         self._check_fitted()
-        Z = (np.asarray(self._features(prompts), dtype=np.float32) - self.mean_) / self.scale_
+        embedding = self._embedding(prompts) if self.categories_ is not None and self.posterior_from != "probe" else None
+        return self.quality_from_features(self._features(prompts), embedding)
+
+    def quality_from_features(self, F: np.ndarray, embedding: np.ndarray | None = None) -> np.ndarray:
+        """Predicted quality from the chosen block's features, whoever computed them; a category
+        posterior from a sentence encoder needs the prompts' ``embedding``."""
+        Z = (np.asarray(F, dtype=np.float32) - self.mean_) / self.scale_
         posterior = None
         if self.categories_ is not None:  # from the probe's own standardised features, or a sentence encoder's
-            posterior = self.categories_.proba(Z if self.posterior_from == "probe" else self._embedding(prompts))
+            posterior = self.categories_.proba(Z if self.posterior_from == "probe" else embedding)
         return self._head(Z, posterior)
 
     # ---- artifacts ------------------------------------------------------------------------------

@@ -104,6 +104,19 @@ def test_a_kept_read_takes_the_template_from_the_cache_and_reads_the_same_states
     assert layer_states.reusable_prefix(model, nxt.tokens, None) == 0  # without a span every position is pooled
 
 
+def test_a_conversation_is_read_in_its_context_and_a_lone_question_as_in_training():
+    from core.model_files import SMOLLM2
+    from policies.prefill_states import PrefillStateBackend
+
+    backend = PrefillStateBackend(SMOLLM2, (9,))
+    alone = [{"role": "user", "content": QUESTION}]
+    system = [{"role": "system", "content": "You are a terse geography tutor."}, *alone]
+    lone, in_context = backend.encode_conversations([alone, system])
+    assert np.array_equal(lone, backend.encode([QUESTION])[0])  # training's form: the question as the only message
+    assert in_context.shape == lone.shape and np.isfinite(in_context).all()
+    assert not np.allclose(in_context, lone)  # the system prompt is read: the same text's states move
+
+
 def test_the_features_pool_the_users_text_not_the_template_around_it(llama):
     from core import layer_states
 

@@ -171,3 +171,28 @@ def test_probe_curve_table_marks_the_lowest_cv_mse(tmp_path):
     rows = table([(model, read)])[2:]
     assert [r.split(" | ")[1:3] for r in rows] == [["3", "both"], ["3", "mean"], ["12", "mean"]]  # by block
     assert "**0.1600**" in rows[0] and rows[1].count("**") == 0
+
+
+def test_boosted_heads_inside_each_task_read_a_nonlinear_signal_and_not_noise():
+    from benchmarks.signal_ceiling import centred_by_task, measure, per_task_boosted
+
+    def within_task_r2(P, y):
+        Pw, yw = centred_by_task(P[:, None], task)[:, 0], centred_by_task(y[:, None], task)[:, 0]
+        return 1 - ((Pw - yw) ** 2).mean() / yw.var()
+
+    rng = np.random.default_rng(4)
+    n = 600
+    task = np.array(["a", "b", "c"] * (n // 3), dtype=object)
+    factor = rng.normal(size=n)
+    X = rng.normal(size=(n, 8)) * 0.3
+    X[:, :4] += factor[:, None]  # the factor leads the first principal component
+    base = {"a": 0.2, "b": 0.5, "c": 0.8}
+    chance = (rng.random(n) < [base[t] for t in task]).astype(float)  # expert 1: right by its task's rate alone
+    # inside each task, expert 0 is right exactly when |factor| is large: no linear head can read it
+    scores = np.c_[(np.abs(factor) > 0.7).astype(float), chance]
+    folds = [(np.flatnonzero(np.arange(n) % 4 != k), np.flatnonzero(np.arange(n) % 4 == k)) for k in range(4)]
+    read = per_task_boosted(X, scores, task, folds, components=8)
+    noise = per_task_boosted(rng.normal(size=(n, 8)), scores, task, folds, components=8)
+    assert within_task_r2(read[:, 0], scores[:, 0]) > 0.5
+    assert within_task_r2(noise[:, 0], scores[:, 0]) < 0.05
+    assert measure(read, scores, task)["gap_at_0"] > measure(noise, scores, task)["gap_at_0"]

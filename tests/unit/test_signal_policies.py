@@ -239,5 +239,7 @@ def test_probe_category_posterior_from_its_own_features_needs_no_sentence_encode
     q = roundtrip(p)
     monkeypatch.setattr(q, "_embedding", lambda prompts: pytest.fail("a sentence encoder ran"))
     assert np.allclose(q.predict_quality(ev.prompts), p.predict_quality(ev.prompts))
+    # features an expert computed go through the same head and posterior as the probe's own
+    assert np.allclose(q.quality_from_features(q._features(ev.prompts)), p.predict_quality(ev.prompts))
     with pytest.raises(PolicyError, match="posterior_from"):
         create_policy("probe", probe_model=FAKE, conditioning="category", posterior_from="tea leaves").fit(train)
