@@ -196,3 +196,18 @@ def test_boosted_heads_inside_each_task_read_a_nonlinear_signal_and_not_noise():
     assert within_task_r2(read[:, 0], scores[:, 0]) > 0.5
     assert within_task_r2(noise[:, 0], scores[:, 0]) < 0.05
     assert measure(read, scores, task)["gap_at_0"] > measure(noise, scores, task)["gap_at_0"]
+
+
+def test_a_column_constant_within_every_task_has_no_within_task_r2():
+    from benchmarks.signal_ceiling import centred_by_task, measure
+
+    rng = np.random.default_rng(5)
+    task = np.array(["a", "b", "c"] * 100, dtype=object)
+    rates = {"a": 0.2, "b": 0.5, "c": 0.8}
+    varied = (rng.random(300) < 0.5).astype(float)
+    constant = np.array([rates[t] for t in task])  # centred by task it is rounding noise (~1e-32), not 0
+    scores = np.c_[varied, constant]
+    P = np.c_[np.full(300, 0.5), constant + rng.normal(0, 1e-17, 300)]
+    Pw, yw = centred_by_task(P[:, [0]], task)[:, 0], centred_by_task(varied[:, None], task)[:, 0]
+    alone = 1 - ((Pw - yw) ** 2).mean() / yw.var()  # the varied column's own within-task R²
+    assert measure(P, scores, task)["r2_within_task"] == pytest.approx(alone)
