@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from benchmarks.output import publish, split_read_arguments
-from benchmarks.routing_stats import Rows, interval, resample_weights, sweep_distribution
+from benchmarks.routing_stats import Rows, fmt, interval, resample_weights, sweep_distribution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if not context:  # the same features as the cached ones a served probe reads (a check of this harness)
             agree = float((choices == served).mean())
             print(f"question only: {agree:.4f} of decisions as the probe's own predict_quality", flush=True)
-        dists[name] = sweep_distribution(choices, rows, W)[key]
-        points[name] = float(sweep_distribution(choices, rows, ones)[key][0])
+        d = sweep_distribution(choices, rows, np.vstack([ones, W]), aiq=False)[key]  # the point, then the resamples
+        points[name], dists[name] = float(d[0]), d[1:]
         print(f"{name}: {key} {points[name]:.3f} ({timing[name]} s)", flush=True)
 
     first = next(iter(CONTEXTS))
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             dlo, dhi = interval(dists[name] - dists[first])
             out[name]["vs_first"] = {"point": points[name] - points[first], "ci": (dlo, dhi)}
             delta = f"{points[name] - points[first]:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
-        lines.append(f"| {name} | {points[name]:.3f} [{lo:.3f}, {hi:.3f}] | {delta} |")
+        lines.append(f"| {name} | {fmt(points[name], dists[name])} | {delta} |")
     publish(lines, {"data": data.name, "split": args.split, "metric": key, "layer": int(probe.layer_),
                     "contexts": CONTEXTS, "results": out}, json_path=args.json, markdown_path=args.markdown)
     return 0

@@ -17,7 +17,7 @@ import os
 from dataclasses import replace
 
 from benchmarks.output import publish, split_read_arguments
-from benchmarks.routing_stats import Rows, interval, resample_weights, sweep_distribution
+from benchmarks.routing_stats import Rows, fmt, interval, resample_weights, sweep_distribution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     dists: dict[str, dict[str, dict]] = {}
     points: dict[str, dict[str, float]] = {}
     key = "gap_closed"
-    for form, fmt in FORMS.items():
-        shown = replace(data, prompts=[fmt.format(prompt=p) if i in rows else p for i, p in enumerate(data.prompts)])
+    for form, template in FORMS.items():
+        shown = replace(data, prompts=[template.format(prompt=p) if i in rows else p for i, p in enumerate(data.prompts)])
         runs: dict[str, tuple] = {}
         report = evaluate(shown, labels, EvalConfig(split=args.split, policy_params=params),
                  Hooks(run_done=lambda n, r, ev, runs=runs: runs.__setitem__(n, (r, ev))))
         ev = next(iter(runs.values()))[1]
         key = "gap_closed" if ev.has_costs else "quality_at_best_cost"
         table = Rows(ev.scores, ev.cost_matrix(), ev.has_costs)
-        dists[form] = {name: sweep_distribution(runs[name][0].choices, table, W)[key] for name in labels}
+        dists[form] = {name: sweep_distribution(runs[name][0].choices, table, W, aiq=False)[key] for name in labels}
         points[form] = {name: float(report["policies"][name][key]) for name in labels}
         print(f"{form}: " + ", ".join(f"{n} {points[form][n]:.3f}" for n in labels), flush=True)
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             d = dists[form][name]
             lo, hi = interval(d)
             out[name][form] = {"point": points[form][name], "ci": (lo, hi)}
-            cells.append(f"{points[form][name]:.3f} [{lo:.3f}, {hi:.3f}]")
+            cells.append(fmt(points[form][name], d))
             if form != first:
                 diff = d - dists[first][name]
                 dlo, dhi = interval(diff)
